@@ -1,0 +1,35 @@
+"""avalanche_promptmoe: sparse mixture-of-prompt-experts continual learning for Avalanche.
+
+Strategies are exported lazily (a module ``__getattr__``) so that ``import avalanche_promptmoe.engine``
+works where Avalanche and MLflow are not installed (DECISIONS.md §A1).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "PromptStrategyBase": "avalanche_promptmoe.training.base_strategy",
+    "HashPromptStrategy": "avalanche_promptmoe.methods.hash.strategy",
+    "SMoPEStrategy": "avalanche_promptmoe.methods.smope.strategy",
+    "LayerGroupedPromptStrategy": "avalanche_promptmoe.methods.hlgp.strategy",
+    "HiDePromptStrategy": "avalanche_promptmoe.methods.baselines.strategy",
+    "LinearProbeStrategy": "avalanche_promptmoe.methods.baselines.strategy",
+    "SequentialPromptStrategy": "avalanche_promptmoe.methods.baselines.strategy",
+    "JointPromptStrategy": "avalanche_promptmoe.methods.baselines.strategy",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'avalanche_promptmoe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

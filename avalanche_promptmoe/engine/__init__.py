@@ -1,0 +1,21 @@
+"""The shared engine: a frozen timm ViT whose attention takes per-sample prefix keys/values.
+
+Imports only torch and timm, so it works where Avalanche and MLflow are absent.
+"""
+
+from .backbone import BackboneError, backbone_dims, create_backbone, freeze, is_vision_transformer
+from .prefix_attention import Prefix, PrefixAttention, PrefixProvider, unwrap_attention
+from .prefix_vit import PrefixViT
+
+__all__ = [
+    "BackboneError",
+    "Prefix",
+    "PrefixAttention",
+    "PrefixProvider",
+    "PrefixViT",
+    "backbone_dims",
+    "create_backbone",
+    "freeze",
+    "is_vision_transformer",
+    "unwrap_attention",
+]

@@ -1,0 +1,155 @@
+"""Routing history: cumulative expert usage, the frequent set, Hash's penalty and gradient scaling,
+and SMoPE's adaptive noise. Pure tensor code, vectorised over the batch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ExpertUsage",
+    "adaptive_noise",
+    "count_selections",
+    "history_penalty",
+    "scale_frequent_grads",
+]
+
+FrequentRule = Literal["top_k", "above_mean"]
+
+
+def count_selections(indices: Tensor, num_experts: int) -> Tensor:
+    """Selections per expert: ``indices (B, [H,] K)`` → counts ``([H,] E)`` (int64), summed over batch."""
+    if indices.dim() == 2:  # (B, K) → (E,)
+        return torch.bincount(indices.reshape(-1), minlength=num_experts)
+    H = indices.shape[1]  # (B, H, K) → (H, E)
+    offsets = torch.arange(H, device=indices.device).view(1, H, 1) * num_experts
+    flat = (indices + offsets).reshape(-1)
+    return torch.bincount(flat, minlength=H * num_experts).view(H, num_experts)
+
+
+def history_penalty(scores: Tensor, frequent: Tensor, delta: float) -> Tensor:
+    """Hash's stepwise HDR penalty: ``s - δ`` on the frequent experts, unchanged elsewhere.
+
+    Args:
+        scores: ``(..., E)``; frequent: bool ``(E,)`` (or broadcastable); delta: δ ≥ 0.
+    """
+    if delta < 0:
+        raise ValueError(f"delta: the history penalty must be >= 0, got {delta}")
+    return scores - delta * frequent.to(scores.dtype)
+
+
+def adaptive_noise(scores: Tensor, frequent: Tensor, epsilon: float) -> Tensor:
+    """SMoPE's adaptive noise: subtract ``ε · (max_e s − min_e s)`` from the frequent experts.
+
+    Deterministic (no RNG), as the released code. Callers apply it in training only; at inference
+    the same function with ``frequent = never_selected`` and ``ε = 2`` excludes unused experts.
+
+    Args:
+        scores: ``(..., E)``; frequent: bool broadcastable to ``scores``; epsilon: ε ≥ 0.
+    """
+    if epsilon < 0:
+        raise ValueError(f"epsilon: must be >= 0, got {epsilon}")
+    spread = scores.amax(dim=-1, keepdim=True) - scores.amin(dim=-1, keepdim=True)
+    return scores - epsilon * spread.detach() * frequent.to(scores.dtype)
+
+
+def scale_frequent_grads(grad: Tensor, frequent: Tensor, alpha: float, expert_dim: int = 1) -> Tensor:
+    """Hash's HGM: multiply the gradient rows of frequent experts by α, leave the others unchanged.
+
+    Args:
+        grad: a pool gradient, e.g. ``(layers, E, L, H, Dh)``.
+        frequent: bool ``(layers, E)`` aligned with ``grad``'s first dims up to ``expert_dim``.
+        alpha: α in (0, 1]; α = 1 is the identity.
+    """
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha: the gradient scale must be in (0, 1], got {alpha}")
+    scale = torch.where(frequent, torch.as_tensor(alpha, dtype=grad.dtype), torch.as_tensor(1.0, dtype=grad.dtype))
+    scale = scale.to(grad.device).view(*scale.shape, *([1] * (grad.dim() - expert_dim - 1)))
+    return grad * scale
+
+
+class ExpertUsage:
+    """Cumulative expert-selection counts shaped ``(layers, heads, experts)`` (heads = 1 for Hash).
+
+    Selections are accumulated in ``pending`` and added to ``counts`` by :meth:`commit` (Hash commits
+    at the end of each task, so its penalty is constant within a task). An expert with zero count is
+    never frequent; ties break towards the lower index.
+
+    Args:
+        layers, heads, experts: the counter's shape.
+        rule: ``"top_k"`` — the ``k`` most-used experts per (layer, head) (Hash); ``"above_mean"`` —
+            count ≥ the mean of the non-zero counts, and sticky once set (SMoPE).
+        k: size of the frequent set under ``"top_k"``.
+    """
+
+    def __init__(self, layers: int, heads: int, experts: int, *, rule: FrequentRule = "top_k", k: int = 1) -> None:
+        if rule not in ("top_k", "above_mean"):
+            raise ValueError(f"rule: expected 'top_k' or 'above_mean', got {rule!r}")
+        if rule == "top_k" and not 1 <= k <= experts:
+            raise ValueError(f"k: must be in [1, {experts}], got {k}")
+        self.shape = (layers, heads, experts)
+        self.rule, self.k = rule, k
+        self.counts = torch.zeros(self.shape, dtype=torch.long)
+        self.pending = torch.zeros(self.shape, dtype=torch.long)
+        self.sticky = torch.zeros(self.shape, dtype=torch.bool)
+        self.snapshots: list[Tensor] = []
+
+    def record(self, layer_pos: int, indices: Tensor) -> None:
+        """Add one batch of selections ``(B, K)`` or ``(B, H, K)`` for a layer to ``pending``."""
+        c = count_selections(indices.detach(), self.shape[2]).cpu()
+        self.pending[layer_pos] += c.view(-1, self.shape[2]).expand(self.shape[1], -1) if c.dim() == 1 else c
+
+    def commit(self, snapshot: bool = True) -> None:
+        """Move ``pending`` into ``counts``; optionally keep a snapshot (one per task)."""
+        self.counts += self.pending
+        self.pending.zero_()
+        if self.rule == "above_mean":
+            self.sticky |= self._above_mean()
+        if snapshot:
+            self.snapshots.append(self.counts.clone())
+
+    def _above_mean(self) -> Tensor:
+        c = self.counts.double()
+        nz = c > 0
+        mean = (c * nz).sum(-1, keepdim=True) / nz.sum(-1, keepdim=True).clamp(min=1)
+        return nz & (c >= mean)
+
+    def frequent(self) -> Tensor:
+        """Bool ``(layers, heads, experts)``: the frequently used set from the committed counts."""
+        if self.rule == "above_mean":
+            return self.sticky | self._above_mean()
+        E = self.shape[2]
+        # rank by count, ties towards the lower index: key = count * E + (E - 1 - index)
+        key = self.counts * E + (E - 1 - torch.arange(E))
+        top = torch.topk(key, self.k, dim=-1).indices
+        mask = torch.zeros(self.shape, dtype=torch.bool).scatter(-1, top, True)
+        return mask & (self.counts > 0)
+
+    def never_selected(self) -> Tensor:
+        """Bool ``(layers, heads, experts)``: experts with zero committed count."""
+        return self.counts == 0
+
+    def state_dict(self) -> dict:
+        return {
+            "shape": list(self.shape),
+            "rule": self.rule,
+            "k": self.k,
+            "counts": self.counts.clone(),
+            "pending": self.pending.clone(),
+            "sticky": self.sticky.clone(),
+            "snapshots": [s.clone() for s in self.snapshots],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if tuple(state["shape"]) != self.shape or state["rule"] != self.rule:
+            raise ValueError(
+                f"state: usage of shape {tuple(state['shape'])}/{state['rule']} does not match "
+                f"{self.shape}/{self.rule}"
+            )
+        self.k = int(state["k"])
+        self.counts = state["counts"].clone().long()
+        self.pending = state["pending"].clone().long()
+        self.sticky = state["sticky"].clone().bool()
+        self.snapshots = [s.clone().long() for s in state["snapshots"]]
