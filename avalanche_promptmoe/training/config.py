@@ -1,0 +1,66 @@
+"""Method configs: frozen dataclasses with the papers' defaults, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+__all__ = ["MethodConfig", "config_fields", "replace_config"]
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Settings every method shares.
+
+    Attributes:
+        epochs: main prompt-training epochs per experience (``train_epochs`` overrides it).
+        lr: learning rate of the prompt parameters (routers included).
+        head_lr_scale: the head's learning rate is ``lr * head_lr_scale``.
+        optimizer: ``"adam"`` (β = 0.9, 0.999), ``"adamw"`` or ``"sgd"`` (momentum 0.9).
+        weight_decay: optimizer weight decay.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (per epoch, over ``epochs``).
+        clip_grad: max gradient norm (``None``: no clipping).
+    """
+
+    epochs: int = 20
+    lr: float = 0.01
+    head_lr_scale: float = 1.0
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    clip_grad: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs: must be >= 1, got {self.epochs}")
+        if self.lr <= 0 or self.head_lr_scale < 0:
+            raise ValueError(f"lr: must be > 0 (head_lr_scale >= 0), got lr={self.lr}, head_lr_scale={self.head_lr_scale}")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"optimizer: expected adam, adamw or sgd, got {self.optimizer!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule: expected constant or cosine, got {self.lr_schedule!r}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"clip_grad: must be > 0 or None, got {self.clip_grad}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def config_fields(cls: type[MethodConfig]) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def replace_config(cfg: MethodConfig, overrides: Mapping[str, Any]) -> MethodConfig:
+    """``dataclasses.replace`` that names unknown keys and coerces lists to tuples."""
+    known = set(config_fields(type(cfg)))
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{type(cfg).__name__}: unknown settings {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return dataclasses.replace(cfg, **values)

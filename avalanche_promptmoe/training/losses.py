@@ -1,0 +1,52 @@
+"""Method losses as plain functions (torch only)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["prototype_loss", "router_margin_loss"]
+
+
+def prototype_loss(old_keys: Tensor, old_frequent: Tensor, cur_keys: Tensor, top_k: int) -> Tensor:
+    """SMoPE's prototype loss for one layer: old frequent prefix keys keep choosing the same experts.
+
+    For each head h and each old frequent key ``p = old_keys[j, h]``, the targets are the top-K
+    experts of ``p`` under the old keys (``p · old_keys[:, h]``); the loss is the cross-entropy of
+    ``p · cur_keys[:, h]`` against each target, averaged (METHODS.md §2.1).
+
+    Args:
+        old_keys, cur_keys: ``(E, H, Dh)`` prefix keys at the end of the previous task / now.
+        old_frequent: bool ``(H, E)``, the frequent experts when the old keys were saved.
+        top_k: K.
+    Returns:
+        a scalar (0 when no expert is frequent).
+    """
+    E, H, _ = old_keys.shape
+    old = old_keys.detach().permute(1, 0, 2)  # (H, E, Dh)
+    cur = cur_keys.permute(1, 0, 2)  # (H, E, Dh)
+    targets = torch.topk(old @ old.transpose(1, 2), top_k, dim=-1).indices  # (H, E, K)
+    logits = old @ cur.transpose(1, 2)  # (H, E, E): rows = old keys, cols = current experts
+    mask = old_frequent.to(logits.device)  # (H, E)
+    if not mask.any():
+        return cur_keys.sum() * 0.0
+    logits = logits[mask]  # (n, E)
+    targets = targets[mask]  # (n, K)
+    losses = [F.cross_entropy(logits, targets[:, k]) for k in range(top_k)]
+    return torch.stack(losses).mean()
+
+
+def router_margin_loss(scores: Tensor, indices: Tensor, epsilon: float) -> Tensor:
+    """SMoPE's router loss: CE over the proxy scores with each selected expert as target, after adding
+    the margin ``ε · (max − min)`` to the non-selected experts.
+
+    Args:
+        scores: ``(B, H, E)`` proxy scores; indices: ``(B, H, K)`` selected experts.
+    """
+    E = scores.shape[-1]
+    spread = (scores.amax(-1, keepdim=True) - scores.amin(-1, keepdim=True)).detach()
+    selected = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, indices, True)
+    logits = (scores + epsilon * spread * (~selected).to(scores.dtype)).reshape(-1, E)
+    targets = indices.reshape(-1, indices.shape[-1])
+    return torch.stack([F.cross_entropy(logits, targets[:, k]) for k in range(targets.shape[1])]).mean()
