@@ -1,5 +1,15 @@
-"""Benchmarks: the offline kit (Split Tiny-ImageNet-32 and the reference ViT). May import Avalanche."""
+"""Benchmarks: the offline kit (Split Tiny-ImageNet-32 and the reference ViT) and the builders of Split
+CIFAR-100, CUB-200 and ImageNet-R. Avalanche and torchvision are imported inside the builders."""
 
+from avalanche_promptmoe.benchmarks.cifar100 import CIFAR100_URL, split_cifar100
+from avalanche_promptmoe.benchmarks.cub200 import (
+    CUB200_URL,
+    ImagePathsDataset,
+    load_cub200_lists,
+    split_cub200,
+)
+from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
+from avalanche_promptmoe.benchmarks.imagenet_r import IMAGENET_R_URL, imagenet_r_split, split_imagenet_r
 from avalanche_promptmoe.benchmarks.tinyimagenet32 import (
     CACHE_ENV_VAR,
     KIT_ENV_VAR,
@@ -15,9 +25,23 @@ from avalanche_promptmoe.benchmarks.tinyimagenet32 import (
     reference_transform,
     split_tinyimagenet32,
 )
+from avalanche_promptmoe.benchmarks.transforms import NORMALIZATIONS, build_transforms, class_order_from_seed
 
 __all__ = [
     "CACHE_ENV_VAR",
+    "CIFAR100_URL",
+    "CUB200_URL",
+    "DatasetNotFoundError",
+    "IMAGENET_R_URL",
+    "ImagePathsDataset",
+    "NORMALIZATIONS",
+    "build_transforms",
+    "class_order_from_seed",
+    "imagenet_r_split",
+    "load_cub200_lists",
+    "split_cifar100",
+    "split_cub200",
+    "split_imagenet_r",
     "KIT_ENV_VAR",
     "KIT_V1_SHA256",
     "KitError",

@@ -248,6 +248,10 @@ class PromptStrategyBase(SupervisedTemplate):
         """Inference logits; ``task_ids`` is the oracle task id when ``use_task_labels``."""
         raise NotImplementedError
 
+    def train_mask_classes(self) -> list[int]:
+        """Classes the training CE is restricted to: the current experience's (DECISIONS.md §C2)."""
+        return self.task_classes[-1]
+
     def aux_loss(self) -> Tensor | None:
         """Extra training loss computed from the last forward (method regularisers)."""
         return None
@@ -340,7 +344,7 @@ class PromptStrategyBase(SupervisedTemplate):
     def criterion(self) -> Tensor:
         if not self.is_training:
             return F.cross_entropy(self.mb_output, self.mb_y)
-        logits = mask_logits(self.mb_output, self._class_mask(self.task_classes[-1]))
+        logits = mask_logits(self.mb_output, self._class_mask(self.train_mask_classes()))
         loss = F.cross_entropy(logits, self.mb_y)
         extra = self.aux_loss()
         return loss if extra is None else loss + extra
@@ -431,7 +435,7 @@ class PromptStrategyBase(SupervisedTemplate):
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write an atomic, version-stamped checkpoint (loadable with ``weights_only=True``)."""
-        if self.is_training:
+        if self._in_train_call:
             raise RuntimeError("save_checkpoint: call it between experiences, not inside train()")
         return save_checkpoint_file(path, self.state_dict_for_checkpoint())
 

@@ -1,0 +1,58 @@
+"""Baseline settings (DECISIONS.md §D)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...training.config import MethodConfig
+from ...training.hide import HiDeConfig
+
+__all__ = ["HiDeBaselineConfig", "LinearProbeConfig", "SequentialPromptConfig"]
+
+
+@dataclass(frozen=True)
+class LinearProbeConfig(MethodConfig):
+    """Frozen backbone, no prompts, a linear head trained on each experience in turn."""
+
+    epochs: int = 20
+    lr: float = 0.005
+    head_lr_scale: float = 1.0
+    optimizer: str = "adamw"
+
+
+@dataclass(frozen=True)
+class SequentialPromptConfig(MethodConfig):
+    """One prefix prompt with SMoPE's layers (blocks 0–5) and length (50 = 25 keys + 25 values,
+    "split" convention) and the head, trained on each experience in turn (``seq``) or on the union
+    of experiences so far (``joint``). Optimiser as SMoPE (AdamW, prompt lr 0.025, head 0.005)."""
+
+    epochs: int = 20
+    lr: float = 0.025
+    head_lr_scale: float = 0.2
+    optimizer: str = "adamw"
+    lr_schedule: str = "cosine"
+    layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    length: int = 50
+    prompt_init: str = "uniform01"
+
+
+@dataclass(frozen=True)
+class HiDeBaselineConfig(HiDeConfig):
+    """HiDe-Prompt: one prefix prompt per task (no routing), TII, WTP, TAP (METHODS.md §3).
+
+    Attributes:
+        layers: ``e_prompt_layer_idx`` = blocks 0–4.
+        length: 5 key and 5 value tokens (CIFAR; 20 for ImageNet-R and CUB).
+        prompt_momentum: m = 0.01: task t trains (1 − m)·P_t + m·mean(P_<t) and keeps that mix.
+        prompt_init: U(−1, 1).
+    """
+
+    layers: tuple[int, ...] = (0, 1, 2, 3, 4)
+    length: int = 5
+    prompt_momentum: float = 0.01
+    prompt_init: str = "uniform_pm1"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.prompt_momentum < 1:
+            raise ValueError(f"prompt_momentum: must be in [0, 1), got {self.prompt_momentum}")
