@@ -1,5 +1,6 @@
 """Prompt parameter containers (no routing logic). Imports only torch."""
 
+from .layer_grouped import LayerGroupedPromptGenerator, check_layer_groups
 from .pool import PromptPool, init_prompt_, prefix_lengths
 
-__all__ = ["PromptPool", "init_prompt_", "prefix_lengths"]
+__all__ = ["LayerGroupedPromptGenerator", "PromptPool", "check_layer_groups", "init_prompt_", "prefix_lengths"]
