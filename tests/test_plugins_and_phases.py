@@ -189,3 +189,14 @@ def test_phase_scheduler_order_and_ablation():
     assert s2.calls == ["tap"] and ablated.phases == ("wtp", "tap")
     with pytest.raises(ValueError, match="phases"):
         PhaseSchedulerPlugin(phases=("tii", "warmup"))
+
+
+def test_prototype_loss_sum_reduction_scales_by_heads_and_targets():
+    g = torch.Generator().manual_seed(0)
+    old, cur = torch.randn(5, 3, 4, generator=g), torch.randn(5, 3, 4, generator=g)
+    frequent = torch.ones(3, 5, dtype=torch.bool)
+    mean = prototype_loss(old, frequent, cur, 2, "mean")
+    total = prototype_loss(old, frequent, cur, 2, "sum")
+    torch.testing.assert_close(total, mean * 3 * 2)  # H = 3 heads, K = 2 targets, equal rows per head
+    with pytest.raises(ValueError, match="reduction"):
+        prototype_loss(old, frequent, cur, 2, "max")

@@ -9,7 +9,9 @@ from torch import Tensor
 __all__ = ["prototype_loss", "router_margin_loss"]
 
 
-def prototype_loss(old_keys: Tensor, old_frequent: Tensor, cur_keys: Tensor, top_k: int) -> Tensor:
+def prototype_loss(
+    old_keys: Tensor, old_frequent: Tensor, cur_keys: Tensor, top_k: int, reduction: str = "mean"
+) -> Tensor:
     """SMoPE's prototype loss for one layer: old frequent prefix keys keep choosing the same experts.
 
     For each head h and each old frequent key ``p = old_keys[j, h]``, the targets are the top-K
@@ -20,6 +22,8 @@ def prototype_loss(old_keys: Tensor, old_frequent: Tensor, cur_keys: Tensor, top
         old_keys, cur_keys: ``(E, H, Dh)`` prefix keys at the end of the previous task / now.
         old_frequent: bool ``(H, E)``, the frequent experts when the old keys were saved.
         top_k: K.
+        reduction: ``"mean"`` over heads, frequent keys and targets; ``"sum"`` = Σ_h Σ_k of the mean
+            over each head's frequent keys (the released SMoPE code's scale).
     Returns:
         a scalar (0 when no expert is frequent).
     """
@@ -31,6 +35,15 @@ def prototype_loss(old_keys: Tensor, old_frequent: Tensor, cur_keys: Tensor, top
     mask = old_frequent.to(logits.device)  # (H, E)
     if not mask.any():
         return cur_keys.sum() * 0.0
+    if reduction == "sum":
+        ce = torch.stack([
+            F.cross_entropy(logits.reshape(H * E, E), targets[..., k].reshape(-1), reduction="none").view(H, E)
+            for k in range(top_k)
+        ])  # (K, H, E)
+        per_head = (ce * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # (K, H)
+        return per_head.sum()
+    if reduction != "mean":
+        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
     logits = logits[mask]  # (n, E)
     targets = targets[mask]  # (n, K)
     losses = [F.cross_entropy(logits, targets[:, k]) for k in range(top_k)]

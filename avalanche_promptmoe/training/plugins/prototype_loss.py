@@ -21,13 +21,17 @@ class PrototypeLossPlugin(SupervisedPlugin, supports_distributed=True):
 
     Args:
         weight: α_proto (SMoPE CIFAR-100: 1e-5; CUB-200: 5e-5; ImageNet-R: 1e-4).
+        reduction: ``"mean"`` or ``"sum"`` (over heads and targets, the released SMoPE code's scale).
     """
 
-    def __init__(self, *, weight: float = 1e-5) -> None:
+    def __init__(self, *, weight: float = 1e-5, reduction: str = "sum") -> None:
         super().__init__()
         if weight < 0:
             raise ValueError(f"weight: must be >= 0, got {weight}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
         self.weight = float(weight)
+        self.reduction = reduction
         self.old_keys: torch.Tensor | None = None
         self.old_frequent: torch.Tensor | None = None
 
@@ -38,7 +42,7 @@ class PrototypeLossPlugin(SupervisedPlugin, supports_distributed=True):
         keys = model.prefix_keys()
         old = self.old_keys.to(keys.device)
         loss = sum(
-            prototype_loss(old[i], self.old_frequent[i], keys[i], model.top_k) for i in range(keys.shape[0])
+            prototype_loss(old[i], self.old_frequent[i], keys[i], model.top_k, self.reduction) for i in range(keys.shape[0])
         )
         strategy.loss = strategy.loss + self.weight * loss
 
@@ -47,8 +51,10 @@ class PrototypeLossPlugin(SupervisedPlugin, supports_distributed=True):
         self.old_frequent = strategy.model.frequent_mask().detach().cpu().clone()
 
     def state_dict(self) -> dict:
-        return {"weight": self.weight, "old_keys": self.old_keys, "old_frequent": self.old_frequent}
+        return {"weight": self.weight, "reduction": self.reduction, "old_keys": self.old_keys,
+                "old_frequent": self.old_frequent}
 
     def load_state_dict(self, state: dict) -> None:
         self.weight = float(state["weight"])
+        self.reduction = str(state.get("reduction", "sum"))
         self.old_keys, self.old_frequent = state["old_keys"], state["old_frequent"]

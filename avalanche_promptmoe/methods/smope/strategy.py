@@ -1,0 +1,179 @@
+"""``SMoPEStrategy``: SMoPE as an Avalanche strategy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...routing import ExpertUsage
+from ...training.base_strategy import PromptStrategyBase
+from ...training.features import extract_features
+from ...training.hide import HiDePhases
+from ...training.losses import router_margin_loss
+from ...training.plugins import PhaseSchedulerPlugin, PrototypeLossPlugin, RoutingHistoryPlugin
+from .config import SMoPEConfig
+from .model import SMoPEModel
+
+__all__ = ["SMoPEStrategy"]
+
+
+class SMoPEStrategy(HiDePhases, PromptStrategyBase):
+    """Sparse Mixture of Prompt Experts (Le et al., ICLR 2026, arXiv 2509.24483) on a frozen timm ViT.
+
+    Per task: prompt + head training (sparse top-K selection with adaptive noise on the frequent
+    experts, task-masked CE + α_router · router loss, + α_proto · prototype loss from the second task
+    on; the first task starts with a dense warm-up, then the optimizer is reset), then an eval-mode
+    pass over the task's training data that counts the top-K hits of the unpenalised scores (the
+    usage behind the noise), then TAP (head realignment on class Gaussians, tasks ≥ 2).
+    Inference: one prompted pass (experts never selected in training are excluded), then the head —
+    no query pass, no task-identity head.
+
+    Keywords: those of :class:`PromptStrategyBase` and every field of :class:`SMoPEConfig`.
+
+    Attributes:
+        routing_history: the :class:`RoutingHistoryPlugin` holding the ``ExpertUsage`` counts
+            ``(layers, H, E)`` (rule ``"above_mean"``); filled by the post-task counting pass.
+        epoch_modes: ``(task, "dense" | "sparse")`` per training epoch run, in order.
+        last_router_loss: the unweighted router loss of the last training step (``None`` when dense).
+    """
+
+    config_cls = SMoPEConfig
+    method_name = "smope"
+
+    # ------------------------------------------------------------------ construction
+    def build_model(self, backbone: nn.Module) -> SMoPEModel:
+        cfg = self.cfg
+        self._init_hide()
+        self.epoch_modes: list[tuple[int, str]] = []
+        self.last_router_loss: Tensor | None = None
+        self._dense_epochs_left = 0
+        self._sparse_epochs: int | None = None
+        model = SMoPEModel(
+            backbone, self.num_classes, layers=cfg.layers, num_experts=cfg.num_experts, top_k=cfg.top_k,
+            epsilon=cfg.epsilon, inference_epsilon=cfg.inference_epsilon, prompt_init=cfg.prompt_init,
+            generator=self.generator,
+        )
+        self._usage_shape = (len(model.layers), model.vit.num_heads, cfg.num_experts)
+        return model
+
+    def default_plugins(self) -> list[Any]:
+        cfg = self.cfg
+        usage = ExpertUsage(*self._usage_shape, rule="above_mean")
+        # order matters after each task: commit the counts, then TAP, then save the prototype keys
+        self.routing_history = RoutingHistoryPlugin(usage=usage, record_training=False)
+        self.phase_scheduler = PhaseSchedulerPlugin(phases=cfg.phases)
+        self.prototype_loss = PrototypeLossPlugin(weight=cfg.proto_weight)
+        return [self.routing_history, self.phase_scheduler, self.prototype_loss]
+
+    # ------------------------------------------------------------------ per-task hooks
+    def prepare_task(self, task_id: int) -> None:
+        self._end_dense_phase()  # also undoes a warm-up that an interrupted run left unfinished
+        self._sync_usage(include_pending=False)
+        dense = int(self.train_epochs * self.cfg.dense_warmup_fraction) if task_id == 0 else 0
+        if dense > 0 and "wtp" in self.cfg.phases:
+            # the epoch loop runs dense + sparse epochs; _after_training_epoch switches at the boundary
+            self._sparse_epochs, self._dense_epochs_left = self.train_epochs, dense
+            self.train_epochs += dense
+            self.model.dense = True
+
+    def finish_task(self, task_id: int) -> None:
+        self._end_dense_phase()
+        self.count_usage()
+        self._sync_usage(include_pending=True)
+
+    def _end_dense_phase(self) -> None:
+        self.model.dense = False
+        self._dense_epochs_left = 0
+        if self._sparse_epochs is not None:
+            self.train_epochs, self._sparse_epochs = self._sparse_epochs, None
+
+    @torch.no_grad()
+    def count_usage(self) -> None:
+        """Add the top-K hits of the unpenalised proxy scores over the current experience's training
+        data (eval transforms, eval-mode model) to the usage counter's pending counts."""
+        usage, model = self.routing_history.usage, self.model
+        was_training = model.training
+        model.eval()
+
+        def record(x: Tensor) -> Tensor:
+            feats = model.forward_features(x)
+            for layer, idx in model.unpenalised_top_k().items():
+                usage.record(model.pool.pos(layer), idx)
+            return feats[:, :1]
+
+        extract_features(
+            record, self.experience.dataset.eval(), batch_size=self.eval_mb_size, device=self.device,
+            desc=f"expert usage (task {self.task_id})", autocast=True, progress=self.progress,
+        )
+        model.train(was_training)
+
+    def _sync_usage(self, *, include_pending: bool) -> None:
+        """Copy the frequent / never-selected masks into the model; ``include_pending`` previews the
+        commit the routing-history plugin is about to make (so TAP and the prototype snapshot see it)."""
+        usage = self.routing_history.usage
+        if include_pending and bool(usage.pending.any()):
+            preview = ExpertUsage(*usage.shape, rule=usage.rule, k=usage.k)
+            preview.load_state_dict(usage.state_dict())
+            preview.commit(snapshot=False)
+            usage = preview
+        self.model.set_usage(usage.frequent(), usage.never_selected())
+
+    # ------------------------------------------------------------------ optimiser and epochs
+    def make_optimizer(self, **kwargs: Any) -> None:
+        super().make_optimizer(**kwargs)
+        if self.model.dense and self._scheduler is not None:  # the warm-up has its own cosine cycle
+            self._scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=max(1, self._dense_epochs_left)
+            )
+
+    def _before_training_epoch(self, **kwargs: Any) -> None:
+        self.epoch_modes.append((self.task_id, "dense" if self.model.dense else "sparse"))
+        super()._before_training_epoch(**kwargs)
+
+    def _after_training_epoch(self, **kwargs: Any) -> None:
+        super()._after_training_epoch(**kwargs)
+        if self.model.dense:
+            self._dense_epochs_left -= 1
+            if self._dense_epochs_left <= 0:  # warm-up over: sparse, with a fresh optimizer
+                self._end_dense_phase()
+                self.make_optimizer()
+
+    # ------------------------------------------------------------------ forward and losses
+    def train_logits(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def aux_loss(self) -> Tensor | None:
+        """α_router · router loss (sparse training only) + the contrastive term when enabled.
+
+        The router loss is summed over layers, heads and the K targets with a batch mean, as the
+        released code (``OnePrompt.router_loss``), i.e. ``Σ_l H · K · router_margin_loss``.
+        """
+        cfg, model = self.cfg, self.model
+        loss = self.contrastive_term(model.last_features)
+        self.last_router_loss = None
+        if model.dense or not cfg.router_weight:
+            return loss
+        H, eps = model.vit.num_heads, cfg.epsilon
+        scores, routing = model.last_scores, model.last_routing
+        per_layer = [router_margin_loss(scores[i].float(), routing[i].indices, eps) for i in model.layers]
+        router = torch.stack(per_layer).sum() * (H * model.top_k)
+        self.last_router_loss = router.detach()
+        router = cfg.router_weight * router
+        return router if loss is None else loss + router
+
+    def task_features(self, x: Tensor, task_id: int) -> Tensor:
+        """TAP features: the prompted pre-logit features (eval mode: sparse, inference exclusion)."""
+        return self.model.forward_features(x)
+
+    def predict_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+        """One prompted backbone pass; SMoPE has no task-specific parameters, so ``task_ids`` is unused."""
+        return self.model(x)
+
+    # ------------------------------------------------------------------ state
+    def method_state_dict(self) -> dict:
+        return self.hide_state_dict()
+
+    def load_method_state_dict(self, state: dict) -> None:
+        self.load_hide_state_dict(state)
