@@ -68,7 +68,8 @@ class HiDeConfig(MethodConfig):
 
 
 class HiDePhases:
-    """Strategy mixin: ``run_tii_phase``, ``run_tap_phase``, ``predict_tasks``, ``contrastive_term``."""
+    """Strategy mixin: ``run_tii_phase``, ``run_tap_phase``, ``predict_tasks``, task-routed
+    ``predict_logits``, ``contrastive_term`` and the phase statistics' ``method_state_dict``."""
 
     tii_stats: ClassGaussians
     tap_stats: ClassGaussians
@@ -150,10 +151,16 @@ class HiDePhases:
         protos = self.tap_stats.prototypes(old) if old else None
         return cfg.contrastive_weight * contrastive_regulariser(features, protos, cfg.tau)
 
-    def hide_state_dict(self) -> dict:
+    def predict_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+        """Task-routed inference: the oracle task id, else TII's, else (TII ablated) the newest task."""
+        if task_ids is None:
+            task_ids = self.predict_tasks(x) if "tii" in self.cfg.phases else self.model.num_tasks - 1
+        return self.model(x, task_ids)
+
+    def method_state_dict(self) -> dict:
         return {"tii_stats": self.tii_stats.state_dict(), "tap_stats": self.tap_stats.state_dict()}
 
-    def load_hide_state_dict(self, state: dict) -> None:
+    def load_method_state_dict(self, state: dict) -> None:
         self.tii_stats.load_state_dict(state["tii_stats"])
         self.tap_stats.load_state_dict(state["tap_stats"])
         self._feature_cache = {}

@@ -115,13 +115,4 @@ class HiDePromptStrategy(HiDePhases, PromptStrategyBase):
     def task_features(self, x: Tensor, task_id: int) -> Tensor:
         return self.model.forward_features(x, task_id)
 
-    def predict_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
-        if task_ids is None:
-            task_ids = self.predict_tasks(x) if "tii" in self.cfg.phases else self.model.num_tasks - 1
-        return self.model(x, task_ids)
 
-    def method_state_dict(self) -> dict:
-        return self.hide_state_dict()
-
-    def load_method_state_dict(self, state: dict) -> None:
-        self.load_hide_state_dict(state)

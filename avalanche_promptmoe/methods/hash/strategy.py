@@ -57,13 +57,4 @@ class HashPromptStrategy(HiDePhases, PromptStrategyBase):
     def task_features(self, x: Tensor, task_id: int) -> Tensor:
         return self.model.forward_features(x, task_id)
 
-    def predict_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
-        if task_ids is None:  # no oracle: TII's task id, or the newest router when TII is ablated
-            task_ids = self.predict_tasks(x) if "tii" in self.cfg.phases else self.model.num_tasks - 1
-        return self.model(x, task_ids)
 
-    def method_state_dict(self) -> dict:
-        return self.hide_state_dict()
-
-    def load_method_state_dict(self, state: dict) -> None:
-        self.load_hide_state_dict(state)

@@ -65,8 +65,3 @@ class LayerGroupedPromptStrategy(HiDePhases, PromptStrategyBase):
             return self.model(x, task_ids.long())
         return self.model(x)
 
-    def method_state_dict(self) -> dict:
-        return self.hide_state_dict()
-
-    def load_method_state_dict(self, state: dict) -> None:
-        self.load_hide_state_dict(state)

@@ -172,8 +172,3 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
         return self.model(x)
 
     # ------------------------------------------------------------------ state
-    def method_state_dict(self) -> dict:
-        return self.hide_state_dict()
-
-    def load_method_state_dict(self, state: dict) -> None:
-        self.load_hide_state_dict(state)

@@ -1,0 +1,266 @@
+"""CI accuracy regression on the offline kit: every method, a reduced but fixed protocol, on CPU.
+
+    python ci/regression.py                 # run, compare with ci/baselines.json, exit 1 on regression
+    python ci/regression.py --update        # re-measure (3 seeds) and rewrite ci/baselines.json
+    python ci/regression.py --methods hash seq --json out.json
+
+Checks (ci/README.md): each figure within its tolerance of the baseline (FAA and CAA not lower,
+FFM not higher), the ordering joint ≥ {hash, smope, hlgp, hide} > seq, and determinism (the
+determinism method run twice with the same seed gives identical numbers). A crashed method is shown
+in the table and fails the run; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+PROTOCOL_VERSION = 1
+METHODS = ("hash", "smope", "hlgp", "hide", "linear", "seq", "joint")
+PROMPT_METHODS = ("hash", "smope", "hlgp", "hide")
+DETERMINISM_METHOD = "hash"
+BASELINES = ROOT / "ci" / "baselines.json"
+#: The fixed, reduced protocol (ci/README.md). Changing it means a new PROTOCOL_VERSION.
+BENCHMARK = dict(n_experiences=10, seed=0, train_per_class=30, test_per_class=20)
+STRATEGY = dict(train_mb_size=32, eval_mb_size=256)
+PHASES = dict(tii_epochs=5, tii_replay_epochs=5, tap_epochs=5, samples_per_class=32)
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "hash": dict(epochs=2, **PHASES),
+    "hide": dict(epochs=2, **PHASES),
+    "smope": dict(epochs=2, tap_epochs=5, samples_per_class=32),
+    "hlgp": dict(epochs=2, tap_epochs=5, samples_per_class=32),
+    "linear": dict(epochs=2),
+    "seq": dict(epochs=2),
+    "joint": dict(epochs=2),
+}
+METRICS = ("faa", "caa", "ffm")
+MIN_TOLERANCE = 0.01  # absolute floor (1 point of accuracy) under any measured spread
+SIGMAS = 3.0
+
+
+def protocol() -> dict[str, Any]:
+    return {"version": PROTOCOL_VERSION, "benchmark": BENCHMARK, "strategy": STRATEGY, "methods": METHOD_SETTINGS}
+
+
+def run_method(method: str, seed: int, kit: str | None, tracking_uri: str | None) -> dict[str, Any]:
+    """One method on the CI protocol; returns the summary (faa, caa, ffm, time, matrix)."""
+    import tempfile
+
+    import torch
+    from runner import train_and_evaluate
+
+    from avalanche_promptmoe.benchmarks import load_reference_backbone, split_tinyimagenet32
+    from avalanche_promptmoe.methods.registry import get_strategy_class
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    benchmark = split_tinyimagenet32(kit, **BENCHMARK)
+    loggers: list[Any] = []
+    mlflow_logger = None
+    if tracking_uri:
+        from avalanche_promptmoe.logging import MLflowLogger
+
+        mlflow_logger = MLflowLogger(
+            experiment_name="ci-regression", tracking_uri=tracking_uri, run_name=f"{method}-seed{seed}",
+            params={"protocol": protocol(), "method": method, "seed": seed}, tags={"method": method},
+        )
+        loggers.append(mlflow_logger)
+    strategy = get_strategy_class(method)(
+        backbone=load_reference_backbone(kit), num_classes=100, seed=seed, device="cpu", loggers=loggers,
+        progress=False, **STRATEGY, **METHOD_SETTINGS[method],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = train_and_evaluate(strategy, benchmark, Path(tmp))
+    if mlflow_logger is not None:
+        for key in ("faa", "caa", "ffm", "wall_time_s"):
+            mlflow_logger.log_single_metric(f"final/{key}", float(summary[key]), 0)
+        mlflow_logger.close()
+    return summary
+
+
+def run_all(methods: list[str], seed: int, kit: str | None, tracking_uri: str | None) -> dict[str, dict]:
+    results: dict[str, dict] = {}
+    for method in methods:
+        t0 = time.perf_counter()
+        try:
+            s = run_method(method, seed, kit, tracking_uri)
+            results[method] = {k: s[k] for k in METRICS} | {"time_s": time.perf_counter() - t0,
+                                                             "accuracy_matrix": s["accuracy_matrix"]}
+        except Exception as err:  # noqa: BLE001 - a crash is a result: show it, keep going, fail at the end
+            traceback.print_exc()
+            results[method] = {"error": f"{type(err).__name__}: {err}", "time_s": time.perf_counter() - t0}
+        print(_row(method, results[method]), flush=True)
+    return results
+
+
+def _row(method: str, r: dict) -> str:
+    if "error" in r:
+        return f"{method:<8} {'CRASHED':>8} {'':>8} {'':>8} {r['time_s']:>8.0f}  {r['error'][:80]}"
+    return f"{method:<8} {100 * r['faa']:>8.2f} {100 * r['caa']:>8.2f} {100 * r['ffm']:>8.2f} {r['time_s']:>8.0f}"
+
+
+def table(results: dict[str, dict]) -> str:
+    head = f"{'method':<8} {'FAA %':>8} {'CAA %':>8} {'FFM %':>8} {'time s':>8}"
+    return "\n".join([head, *(_row(m, r) for m, r in results.items())])
+
+
+def check(results: dict[str, dict], baselines: dict[str, Any], rerun: dict[str, Any] | None) -> list[str]:
+    """Every failed check as a readable line (empty: all good)."""
+    problems: list[str] = []
+    for method, r in results.items():
+        if "error" in r:
+            problems.append(f"{method}: crashed ({r['error']})")
+            continue
+        base = baselines["methods"].get(method)
+        if base is None:
+            problems.append(f"{method}: no baseline; run `python ci/regression.py --update`")
+            continue
+        for metric in METRICS:
+            value, ref, tol = r[metric], base[metric]["mean"], base[metric]["tolerance"]
+            worse = ref - value if metric != "ffm" else value - ref
+            if worse > tol:
+                direction = "lower" if metric != "ffm" else "higher"
+                problems.append(
+                    f"{method}: {metric.upper()} {100 * value:.2f} % is {100 * worse:.2f} points {direction} than the "
+                    f"baseline {100 * ref:.2f} % (tolerance {100 * tol:.2f})"
+                )
+    ok = {m: r for m, r in results.items() if "error" not in r}
+    if "joint" in ok:
+        for m in PROMPT_METHODS:
+            if m in ok and ok["joint"]["faa"] < ok[m]["faa"]:
+                problems.append(f"ordering: joint FAA {100 * ok['joint']['faa']:.2f} < {m} FAA {100 * ok[m]['faa']:.2f}")
+    if "seq" in ok:
+        for m in PROMPT_METHODS:
+            if m in ok and ok[m]["faa"] <= ok["seq"]["faa"]:
+                problems.append(f"ordering: {m} FAA {100 * ok[m]['faa']:.2f} does not beat seq {100 * ok['seq']['faa']:.2f}")
+    if rerun is not None:
+        method, first = rerun["method"], results.get(rerun["method"], {})
+        second = rerun["result"]
+        if "error" in second or "error" in first:
+            problems.append(f"determinism: {method} crashed in one of its two runs")
+        elif first["accuracy_matrix"] != second["accuracy_matrix"] or any(first[k] != second[k] for k in METRICS):
+            problems.append(
+                f"determinism: two runs of {method} with the same seed differ "
+                f"(FAA {first['faa']!r} vs {second['faa']!r})"
+            )
+    return problems
+
+
+def load_baselines(path: Path, kit: str | None) -> dict[str, Any]:
+    from avalanche_promptmoe.benchmarks import kit_checksums
+
+    if not path.is_file():
+        raise SystemExit(f"baselines: {path} is missing; create it with `python ci/regression.py --update`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"baselines: {path} is not valid JSON ({err})") from err
+    if data.get("protocol", {}).get("version") != PROTOCOL_VERSION or data.get("protocol") != json.loads(json.dumps(protocol())):
+        raise SystemExit(
+            f"baselines: {path} was made for protocol version {data.get('protocol', {}).get('version')!r}, this is "
+            f"version {PROTOCOL_VERSION} (or the protocol settings differ); re-baseline with --update"
+        )
+    sums = kit_checksums(kit)
+    if data.get("kit_sha256") != sums:
+        raise SystemExit(
+            f"kit changed: the baselines were measured on kit {data.get('kit_sha256')}, this kit is {sums}; "
+            f"this is not a regression — re-baseline with `python ci/regression.py --update`"
+        )
+    return data
+
+
+def check_kit(kit: str | None) -> None:
+    """A missing or corrupt kit fails loudly (checksums against the known kit v1)."""
+    from avalanche_promptmoe.benchmarks import KIT_V1_SHA256, KitError, kit_checksums
+
+    try:
+        sums = kit_checksums(kit)
+    except (KitError, FileNotFoundError) as err:
+        raise SystemExit(f"kit: {err}") from err
+    bad = {k: v for k, v in sums.items() if KIT_V1_SHA256.get(k) not in (None, v)}
+    if bad and not os.environ.get("AVALANCHE_PROMPTMOE_ALLOW_NEW_KIT"):
+        raise SystemExit(
+            f"kit: checksums {bad} differ from kit v1 {KIT_V1_SHA256}: the kit is corrupt or was replaced; "
+            f"for a new kit set AVALANCHE_PROMPTMOE_ALLOW_NEW_KIT=1 and re-baseline with --update"
+        )
+
+
+def update(methods: list[str], seeds: list[int], kit: str | None, tracking_uri: str | None) -> dict[str, Any]:
+    """Measure every method over ``seeds`` and derive tolerances from the spread."""
+    from avalanche_promptmoe.benchmarks import kit_checksums
+
+    per_seed = {seed: run_all(methods, seed, kit, tracking_uri) for seed in seeds}
+    out: dict[str, Any] = {"protocol": protocol(), "kit_sha256": kit_checksums(kit), "seeds": seeds,
+                           "rule": f"tolerance = max({SIGMAS} x sample std over seeds, {MIN_TOLERANCE})",
+                           "methods": {}}
+    for m in methods:
+        runs = [per_seed[s][m] for s in seeds]
+        if any("error" in r for r in runs):
+            raise SystemExit(f"--update: {m} crashed; fix it before re-baselining")
+        entry = {}
+        for metric in METRICS:
+            vals = [r[metric] for r in runs]
+            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            entry[metric] = {"mean": statistics.fmean(vals), "std": std, "values": vals,
+                             "tolerance": max(SIGMAS * std, MIN_TOLERANCE)}
+        entry["time_s"] = statistics.fmean(r["time_s"] for r in runs)
+        out["methods"][m] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--update", action="store_true", help="re-measure and rewrite the baselines (deliberate)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for --update")
+    p.add_argument("--kit", default=None, help="kit folder (default ../shared/data)")
+    p.add_argument("--baselines", default=str(BASELINES))
+    p.add_argument("--json", default=str(ROOT / "ci" / "last_run.json"), help="where to write this run's results")
+    p.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'ci' / 'mlruns' / 'mlflow.db'}",
+                   help="MLflow store ('' to skip)")
+    p.add_argument("--no-determinism", action="store_true", help="skip the same-seed rerun")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    check_kit(args.kit)
+    if args.update:
+        data = update(args.methods, args.seeds, args.kit, args.tracking_uri or None)
+        Path(args.baselines).write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {args.baselines} ({time.perf_counter() - t0:.0f} s)")
+        return 0
+    baselines = load_baselines(Path(args.baselines), args.kit)
+    print(f"CI regression, protocol v{PROTOCOL_VERSION}, seed {args.seed}")
+    results = run_all(args.methods, args.seed, args.kit, args.tracking_uri or None)
+    rerun = None
+    if not args.no_determinism and DETERMINISM_METHOD in args.methods:
+        rerun = {"method": DETERMINISM_METHOD,
+                 "result": run_all([DETERMINISM_METHOD], args.seed, args.kit, None)[DETERMINISM_METHOD]}
+    problems = check(results, baselines, rerun)
+    print("\n" + table(results))
+    Path(args.json).write_text(json.dumps({"protocol": protocol(), "seed": args.seed, "results": results,
+                                           "problems": problems}, indent=2, default=_nan) + "\n")
+    print(f"\nresults: {args.json}  ({time.perf_counter() - t0:.0f} s)")
+    if problems:
+        print("\nREGRESSION:\n  " + "\n  ".join(problems))
+        return 1
+    print("\nall checks passed")
+    return 0
+
+
+def _nan(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else str(v)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
