@@ -46,6 +46,7 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "joint": dict(epochs=2),
 }
 METRICS = ("faa", "caa", "ffm")
+MUTATIONS = ("none", "penalty-sign", "topk-minus-one", "no-prototype-loss")
 MIN_TOLERANCE = 0.01  # absolute floor (1 point of accuracy) under any measured spread
 SIGMAS = 3.0
 
@@ -87,6 +88,33 @@ def run_method(method: str, seed: int, kit: str | None, tracking_uri: str | None
             mlflow_logger.log_single_metric(f"final/{key}", float(summary[key]), 0)
         mlflow_logger.close()
     return summary
+
+
+def apply_mutation(name: str) -> None:
+    """Break the library on purpose (in this process only), to show that the regression catches it."""
+    if name == "none":
+        return
+    if name == "penalty-sign":  # Hash's history penalty rewards the frequent experts instead
+        import avalanche_promptmoe.methods.hash.model as hash_model
+
+        hash_model.history_penalty = lambda scores, frequent, delta: scores + delta * frequent.to(scores.dtype)
+    elif name == "topk-minus-one":  # every router picks K - 1 experts
+        import avalanche_promptmoe.methods.hash.model as hash_model
+        import avalanche_promptmoe.methods.smope.model as smope_model
+        from avalanche_promptmoe.routing import top_k_route
+
+        def fewer(scores: Any, k: int, **kw: Any) -> Any:
+            return top_k_route(scores, max(1, k - 1), **kw)
+
+        hash_model.top_k_route = fewer
+        smope_model.top_k_route = fewer
+    elif name == "no-prototype-loss":
+        from avalanche_promptmoe.training.plugins import PrototypeLossPlugin
+
+        PrototypeLossPlugin.before_backward = lambda self, strategy, **kw: None
+    else:
+        raise SystemExit(f"--mutation: unknown {name!r}; choose from {MUTATIONS}")
+    print(f"MUTATION ACTIVE: {name}")
 
 
 def run_all(methods: list[str], seed: int, kit: str | None, tracking_uri: str | None) -> dict[str, dict]:
@@ -231,9 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'ci' / 'mlruns' / 'mlflow.db'}",
                    help="MLflow store ('' to skip)")
     p.add_argument("--no-determinism", action="store_true", help="skip the same-seed rerun")
+    p.add_argument("--mutation", default="none", choices=MUTATIONS, help="break the code on purpose (self-test)")
+    p.add_argument("--expect-regression", action="store_true",
+                   help="exit 0 only if the checks FAIL (to test that the regression still catches breakage)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     check_kit(args.kit)
+    apply_mutation(args.mutation)
     if args.update:
         data = update(args.methods, args.seeds, args.kit, args.tracking_uri or None)
         Path(args.baselines).write_text(json.dumps(data, indent=2) + "\n")
@@ -253,9 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nresults: {args.json}  ({time.perf_counter() - t0:.0f} s)")
     if problems:
         print("\nREGRESSION:\n  " + "\n  ".join(problems))
-        return 1
-    print("\nall checks passed")
-    return 0
+    else:
+        print("\nall checks passed")
+    if args.expect_regression:
+        print("self-test: " + ("the regression caught the mutation" if problems else "NOTHING CAUGHT the mutation"))
+        return 0 if problems else 1
+    return 1 if problems else 0
 
 
 def _nan(v: Any) -> Any:
