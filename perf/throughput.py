@@ -35,6 +35,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 ROWS = ("plain", "prompt-limit", "engine-infer", "engine-train")
+METHOD_ROWS = tuple(f"{m}-{mode}" for m in ("hash", "smope", "hlgp", "hide") for mode in ("infer", "train"))
+ALL_ROWS = ROWS + METHOD_ROWS
+L2P_ANCHORS_H100 = {"infer": 2068.0, "train": 1219.0, "peak_gib": 12.2}  # Avalanche 0.6 L2P (issue #7)
+NUM_TASKS = 10  # method rows run with 10 tasks' parameters, per-sample task routing at inference
 ANCHORS_H100 = {"plain": 8308.0, "prompt-limit": 3168.0}  # img/s, bf16, ViT-B/16, batch 128 (issue #3)
 
 
@@ -103,6 +107,87 @@ class EngineModel(nn.Module):
         return self.head(self.vit(x, prefix))
 
 
+def build_method(method: str, vit: nn.Module, s: Setting) -> tuple[nn.Module, Callable, Callable]:
+    """A method's model with ``NUM_TASKS`` tasks, and its inference and training-loss functions
+    (the model, loss and plugins' plain functions, as the strategies run them; no Avalanche)."""
+    from avalanche_promptmoe.routing import scale_frequent_grads
+    from avalanche_promptmoe.training.losses import prototype_loss, router_margin_loss
+    from avalanche_promptmoe.training.phases import contrastive_regulariser
+
+    C, T = s.num_classes, NUM_TASKS
+    class_task = (torch.arange(C) * T // C).to(s.device)  # class → task
+    g = torch.Generator().manual_seed(0)
+    protos = torch.randn(C * 10, vit.num_features, generator=g).to(s.device)  # 10 centroids per class
+
+    def tii_tasks(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return class_task[model.tii(model.plain_features(x)).argmax(-1)]
+
+    if method in ("hash", "hide"):
+        if method == "hash":
+            from avalanche_promptmoe.methods.hash.model import HashPromptModel
+
+            model = HashPromptModel(vit, C, generator=g)
+            for _ in range(T):
+                model.add_task(frequent=torch.rand(len(model.layers), model.num_experts, generator=g) < 0.15)
+        else:
+            from avalanche_promptmoe.methods.baselines.model import TaskPrefixModel
+
+            model = TaskPrefixModel(vit, C, length=5, generator=g)
+            for _ in range(T):
+                model.add_task()
+        model = model.to(s.device)
+
+        def infer(x: torch.Tensor) -> torch.Tensor:
+            return model(x, tii_tasks(model, x))
+
+        def train_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits = model(x, T - 1)
+            return nn.functional.cross_entropy(logits.float(), y) + 0.1 * contrastive_regulariser(
+                model.last_features, protos, 0.8)
+
+        def after_backward() -> None:
+            if method == "hash":
+                for p, freq in model.expert_grad_targets():
+                    p.grad.copy_(scale_frequent_grads(p.grad, freq, 0.1))
+
+        train_loss.after_backward = after_backward  # type: ignore[attr-defined]
+        return model, infer, train_loss
+    if method == "smope":
+        from avalanche_promptmoe.methods.smope.model import SMoPEModel
+
+        model = SMoPEModel(vit, C, generator=g).to(s.device)
+        shape = model.frequent.shape
+        model.set_usage(torch.rand(shape, generator=g) < 0.3, torch.rand(shape, generator=g) < 0.2)
+        old_keys = model.prefix_keys().detach().clone()
+
+        def train_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+            for layer, out in model.last_routing.items():
+                loss = loss + 1e-5 * router_margin_loss(model.last_scores[layer].float(), out.indices, 0.4)
+            keys = model.prefix_keys()
+            for i in range(keys.shape[0]):
+                loss = loss + 1e-5 * prototype_loss(old_keys[i], model.frequent[i], keys[i], model.top_k, "sum")
+            return loss
+
+        return model, model, train_loss
+    if method == "hlgp":
+        from avalanche_promptmoe.methods.hlgp.model import LayerGroupedPromptModel
+
+        model = LayerGroupedPromptModel(vit, C, generator=g).to(s.device)
+        for _ in range(T):
+            model.add_task()
+        with torch.no_grad():
+            model.class_means.copy_(torch.randn(model.class_means.shape, generator=g).to(s.device))
+            model.class_task.copy_(class_task)
+
+        def train_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return nn.functional.cross_entropy(model(x, T - 1).float(), y)
+
+        return model, model, train_loss
+    raise ValueError(f"method: unknown {method!r}")
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -130,14 +215,25 @@ def measure_row(row: str, s: Setting, warmup: int, iters: int, compile_model: bo
     y = torch.randint(0, s.num_classes, (s.batch,), generator=g).to(s.device)
     vit = build_vit(s)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if s.bf16 and cuda else torch.autocast("cpu", enabled=False)
-    training = row in ("prompt-limit", "engine-train")
+    training = row in ("prompt-limit", "engine-train") or row.endswith("-train")
+    after_backward = None
     if row == "plain":
         model = vit
-    elif row == "prompt-limit":
-        model = PromptLimit(vit, s.prefix_len, s.num_classes).to(s.device)
+        fwd = model
+        loss_fn = None
+    elif row in ("prompt-limit", "engine-infer", "engine-train"):
+        model = PromptLimit(vit, s.prefix_len, s.num_classes) if row == "prompt-limit" else EngineModel(vit, s)
+        model = model.to(s.device)
+        fwd = model
+
+        def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return nn.functional.cross_entropy(fwd(x).float(), y)
     else:
-        model = EngineModel(vit, s).to(s.device)
-    fwd = torch.compile(model) if compile_model else model
+        model, fwd, loss_fn = build_method(row.rsplit("-", 1)[0], vit, s)
+        after_backward = getattr(loss_fn, "after_backward", None)
+    if compile_model:
+        fwd = torch.compile(fwd)
+    model.train(training)
 
     if training:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -146,8 +242,10 @@ def measure_row(row: str, s: Setting, warmup: int, iters: int, compile_model: bo
         def step() -> None:
             opt.zero_grad(set_to_none=True)
             with amp:
-                loss = nn.functional.cross_entropy(fwd(x), y)
+                loss = loss_fn(x, y)
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             opt.step()
     else:
 
@@ -202,9 +300,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--iters", type=int, default=None, help="timed iterations per row")
     p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    p.add_argument("--rows", nargs="+", default=None, choices=ALL_ROWS, help="rows to measure (default: all)")
+    p.add_argument("--method", nargs="+", default=None,
+                   choices=("plain", "prompt-limit", "engine", "hash", "smope", "hlgp", "hide", "l2p-avalanche"),
+                   help="methods to measure (each gives its inference and training rows)")
     p.add_argument("--compile", action="store_true", help="also measure each row under torch.compile")
-    p.add_argument("--row", choices=ROWS, help=argparse.SUPPRESS)  # internal: one row, JSON out
+    p.add_argument("--row", choices=ALL_ROWS, help=argparse.SUPPRESS)  # internal: one row, JSON out
     p.add_argument("--json", help="write the results to this JSON file")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -216,8 +317,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.row:  # child process: one row
         print(json.dumps(measure_row(args.row, s, args.warmup, args.iters)))
         return []
+    rows = list(args.rows or ALL_ROWS)
+    if args.method:
+        rows = [r for r in ALL_ROWS if r in args.method or r.rsplit("-", 1)[0] in args.method]
+        rows = sorted(set(rows) | {"plain", "prompt-limit"}, key=ALL_ROWS.index)
     results = []
-    for row in args.rows:
+    for row in rows:
         r = measure_row(row, s, args.warmup, args.iters) if cuda else _run_row_subprocess(row, args)
         results.append(r)
         if args.compile and cuda:
@@ -225,6 +330,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rc["row"] = row + "+compile"
             results.append(rc)
     print(format_table(results, s))
+    if args.method is None or "l2p-avalanche" in args.method:
+        print(f"l2p-avalanche: not run here (needs timm 0.6.13, ECOSYSTEM.md §A3); H100 anchors, labelled as such: "
+              f"{L2P_ANCHORS_H100['infer']} img/s inference, {L2P_ANCHORS_H100['train']} img/s training, "
+              f"{L2P_ANCHORS_H100['peak_gib']} GiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"setting": asdict(s), "torch": torch.__version__, "results": results}, f, indent=2)
