@@ -86,6 +86,11 @@ def test_kit_script_resume_and_mlflow(tmp_path):
     np.testing.assert_array_equal(np.array(again["accuracy_matrix"]), np.array(first["accuracy_matrix"]))
     runs = _read_mlflow(uri, "tinyimagenet32")
     assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 2
+    compare = runpy.run_path(str(EXP / "compare.py"), run_name="not_main")
+    results = compare["main"](["--tracking-uri", uri, "--experiment", "tinyimagenet32", "--plot", str(tmp_path / "c.png")])
+    assert set(results) == {"hash"} and len(results["hash"]) == 2
+    assert results["hash"][0]["faa"] == pytest.approx(first["faa"])
+    assert (tmp_path / "c.png").stat().st_size > 1000
 
 
 def test_config_errors(tmp_path):
