@@ -126,6 +126,8 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
     run_dir = Path(args.run_dir or PROJECT_ROOT / "runs" / spec.name / args.method / f"seed{seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    main_process = init_distributed(args, seed)
+
     bench_kwargs = dict(cfg["benchmark"])
     if spec.name == "tinyimagenet32":
         bench_kwargs[spec.root_keyword] = args.data_root or args.kit
@@ -141,9 +143,9 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
 
         strategy_kwargs["backbone"] = load_reference_backbone(args.kit)
     strategy_kwargs.setdefault("checkpoint_dir", str(run_dir))
-    loggers: list[Any] = [_ProgressLogger()]
+    loggers: list[Any] = [_ProgressLogger()] if main_process else []
     mlflow_logger = None
-    if not args.no_mlflow:
+    if not args.no_mlflow and main_process:  # under torchrun only rank 0 logs
         from avalanche_promptmoe.logging import MLflowLogger
 
         resolved = {"benchmark": {**cfg["benchmark"], "name": spec.name}, "strategy": cfg["strategy"],
@@ -161,13 +163,34 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
     )
     summary = train_and_evaluate(strategy, benchmark, run_dir, resume=args.resume)
     summary.update(method=args.method, benchmark=spec.name, seed=seed)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if main_process:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if mlflow_logger is not None:
         _log_final(mlflow_logger, strategy, summary)
         mlflow_logger.close()
     log.info("%s on %s (seed %d): FAA %.4f  CAA %.4f  FFM %.4f  (%.0f s)", args.method, spec.name, seed,
              summary["faa"], summary["caa"], summary["ffm"], summary["wall_time_s"])
     return summary
+
+
+def init_distributed(args: argparse.Namespace, seed: int) -> bool:
+    """Under ``torchrun`` (``WORLD_SIZE > 1``) initialise ``torch.distributed`` through Avalanche's
+    ``DistributedHelper`` (NCCL on CUDA, one GPU per local rank; gloo on CPU). Returns whether this
+    process is rank 0."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    import torch
+    from avalanche.distributed import DistributedHelper
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    use_cuda = device.startswith("cuda")
+    DistributedHelper.init_distributed(seed, use_cuda=use_cuda)
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        args.device = f"cuda:{local}"
+    log.info("torch.distributed: rank %d of %d on %s", DistributedHelper.rank, DistributedHelper.world_size, device)
+    return DistributedHelper.is_main_process
 
 
 def train_and_evaluate(strategy: Any, benchmark: Any, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:

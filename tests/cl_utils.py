@@ -6,14 +6,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 
-def make_images(n_classes: int, per_class: int, seed: int, img: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def make_images(n_classes: int, per_class: int, seed: int, img: int = 32, noise: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
     """Each class is a fixed random 4×4 colour pattern upsampled to ``img`` px, plus noise."""
     g = torch.Generator().manual_seed(1234)  # class patterns shared by train and test
     patterns = torch.randn(n_classes, 3, 4, 4, generator=g)
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n_classes).repeat_interleave(per_class)
     base = torch.nn.functional.interpolate(patterns[y], size=(img, img), mode="nearest")
-    x = base + 0.8 * torch.randn(len(y), 3, img, img, generator=g)
+    x = base + noise * torch.randn(len(y), 3, img, img, generator=g)
     return x, y
 
 
@@ -24,7 +24,7 @@ def _dataset(x, y):
 
 
 def make_benchmark(n_exp: int = 3, classes_per_exp: int = 2, per_class: int = 16, test_per_class: int = 8,
-                   task_labels: bool = False, img: int = 32):
+                   task_labels: bool = False, img: int = 32, noise: float = 0.8):
     """A class-incremental benchmark: ``class_incremental_benchmark`` (no task labels) or
     ``nc_benchmark`` (task labels), fixed class order 0..C-1."""
     from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
@@ -32,8 +32,8 @@ def make_benchmark(n_exp: int = 3, classes_per_exp: int = 2, per_class: int = 16
     from avalanche.benchmarks.utils import as_classification_dataset
 
     n = n_exp * classes_per_exp
-    tr = _dataset(*make_images(n, per_class, seed=1, img=img))
-    te = _dataset(*make_images(n, test_per_class, seed=2, img=img))
+    tr = _dataset(*make_images(n, per_class, seed=1, img=img, noise=noise))
+    te = _dataset(*make_images(n, test_per_class, seed=2, img=img, noise=noise))
     order = list(range(n))
     if task_labels:
         return nc_benchmark(tr, te, n_exp, task_labels=True, fixed_class_order=order,

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..engine import create_backbone, mask_logits
 from .checkpoint import capture_rng_state, load_checkpoint_file, restore_rng_state, save_checkpoint_file
 from .config import MethodConfig, config_fields, replace_config
+from .distributed import all_reduce_grads_, barrier, is_distributed, is_main_process, rank, world_size
 
 __all__ = ["PromptStrategyBase"]
 
@@ -357,6 +358,50 @@ class PromptStrategyBase(SupervisedTemplate):
         else:  # no host sync per step on accelerators: checked at the end of the epoch
             self._nonfinite = self._nonfinite.to(finite.device) | ~finite
         super().backward()
+        if world_size() > 1:  # data parallel: average the trainable gradients over ranks
+            all_reduce_grads_(p for g in self.optimizer.param_groups for p in g["params"])
+
+    def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, pin_memory: bool | None = None,
+                              persistent_workers: bool = False, drop_last: bool = False, **kwargs: Any) -> None:
+        """Avalanche's loader in one process; under ``torch.distributed`` each rank reads a
+        ``DistributedSampler`` shard with batch ``train_mb_size // world_size`` (same global batch, and
+        the same order for any world size: a permutation seeded by seed, experience and epoch)."""
+        n = world_size()
+        if not is_distributed():
+            return super().make_train_dataloader(num_workers=num_workers, shuffle=shuffle, pin_memory=pin_memory,
+                                                 persistent_workers=persistent_workers, drop_last=drop_last, **kwargs)
+        from torch.utils.data import DataLoader
+        from torch.utils.data.distributed import DistributedSampler
+
+        if self.train_mb_size % n:
+            raise ValueError(f"train_mb_size: {self.train_mb_size} is not divisible by the world size {n}")
+        sampler = DistributedSampler(self.adapted_dataset, num_replicas=n, rank=rank(), shuffle=shuffle,
+                                     seed=self.seed + self.trained_experiences, drop_last=drop_last)
+        self.dataloader = DataLoader(self.adapted_dataset, batch_size=self.train_mb_size // n, sampler=sampler,
+                                     num_workers=num_workers, pin_memory=self.device.type == "cuda")
+
+    def make_eval_dataloader(self, num_workers: int = 0, shuffle: bool = False, pin_memory: bool | None = None,
+                             persistent_workers: bool = False, **kwargs: Any) -> None:
+        """Avalanche's loader; under ``torch.distributed`` every rank evaluates the whole stream (no
+        sharding), so every metric — ours and Avalanche's stock ones — is the global figure."""
+        if not is_distributed():
+            return super().make_eval_dataloader(num_workers=num_workers, shuffle=shuffle, pin_memory=pin_memory,
+                                                persistent_workers=persistent_workers, **kwargs)
+        from avalanche.benchmarks.utils.data_loader import (
+            SingleDatasetDataLoader,
+            collate_from_data_or_kwargs,
+        )
+
+        args = dict(batch_size=self.eval_mb_size, num_workers=num_workers, shuffle=False,
+                    pin_memory=self.device.type == "cuda")
+        collate_from_data_or_kwargs(self.adapted_dataset, args)
+        self.dataloader = SingleDatasetDataLoader(self.adapted_dataset, distributed_sampling=False, **args)
+
+    def _before_training_epoch(self, **kwargs: Any) -> None:
+        sampler = getattr(self.dataloader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.clock.train_exp_epochs)
+        super()._before_training_epoch(**kwargs)
 
     def optimizer_step(self) -> None:
         if self.cfg.clip_grad is not None:
@@ -395,7 +440,8 @@ class PromptStrategyBase(SupervisedTemplate):
 
     def _nan_stop(self) -> None:
         path = self.checkpoint_dir / f"nan_stop_experience{self.trained_experiences}.pt"
-        save_checkpoint_file(path, self._pre_experience_state or self.state_dict_for_checkpoint())
+        if is_main_process():
+            save_checkpoint_file(path, self._pre_experience_state or self.state_dict_for_checkpoint())
         raise FloatingPointError(
             f"non-finite training loss in experience {self.trained_experiences} "
             f"(epoch {self.clock.train_exp_epochs}); the state before this experience was saved to "
@@ -434,10 +480,14 @@ class PromptStrategyBase(SupervisedTemplate):
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:
-        """Write an atomic, version-stamped checkpoint (loadable with ``weights_only=True``)."""
+        """Write an atomic, version-stamped checkpoint (loadable with ``weights_only=True``); under
+        ``torch.distributed`` only rank 0 writes, the others wait for it."""
         if self._in_train_call:
             raise RuntimeError("save_checkpoint: call it between experiences, not inside train()")
-        return save_checkpoint_file(path, self.state_dict_for_checkpoint())
+        if is_main_process():  # under torch.distributed only rank 0 writes
+            save_checkpoint_file(path, self.state_dict_for_checkpoint())
+        barrier()
+        return Path(path)
 
     def resume_from(self, path: str | Path) -> int:
         """Restore a checkpoint; returns the index of the next experience to train."""

@@ -7,11 +7,12 @@ from typing import Any
 from avalanche.core import SupervisedPlugin
 
 from ...routing import ExpertUsage
+from ..distributed import all_reduce_sum_
 
 __all__ = ["RoutingHistoryPlugin"]
 
 
-class RoutingHistoryPlugin(SupervisedPlugin, supports_distributed=False):
+class RoutingHistoryPlugin(SupervisedPlugin, supports_distributed=True):
     """Counts the experts the router picks during training and commits them at the end of each task.
 
     Works with any strategy whose model records ``last_routing: {layer: RoutingOutput}`` on each
@@ -39,6 +40,8 @@ class RoutingHistoryPlugin(SupervisedPlugin, supports_distributed=False):
                 self.usage.record(pos, routing[layer].indices)
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        if self.record_training:  # each rank saw a shard of the training data: sum the counts
+            all_reduce_sum_(self.usage.pending)
         self.usage.commit(snapshot=True)
 
     def state_dict(self) -> dict:
