@@ -6,8 +6,9 @@ neither MLflow nor matplotlib; ``from avalanche_promptmoe.logging import MLflowL
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from avalanche_promptmoe._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from avalanche_promptmoe.logging.mlflow_logger import MLflowFallbackWarning, MLflowLogger
@@ -23,13 +24,4 @@ _LAZY = {
 __all__ = ["MLflowFallbackWarning", "MLflowLogger", "plot_accuracy_matrix", "plot_expert_usage"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

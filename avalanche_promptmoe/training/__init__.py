@@ -6,8 +6,7 @@ Avalanche nor any submodule. Add ``name -> module`` entries to ``_LAZY`` and ``_
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from avalanche_promptmoe._lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     "CHECKPOINT_FORMAT": "avalanche_promptmoe.training.checkpoint",
@@ -22,13 +21,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
