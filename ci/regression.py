@@ -2,6 +2,7 @@
 
     python ci/regression.py                 # run, compare with ci/baselines.json, exit 1 on regression
     python ci/regression.py --update        # re-measure (3 seeds) and rewrite ci/baselines.json
+    python ci/regression.py --update --methods joint   # re-measure one method, keep the others
     python ci/regression.py --methods hash seq --json out.json
 
 Checks (ci/README.md): each figure within its tolerance of the baseline (FAA and CAA not lower,
@@ -268,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
     apply_mutation(args.mutation)
     if args.update:
         data = update(args.methods, args.seeds, args.kit, args.tracking_uri or None)
+        old_path = Path(args.baselines)
+        if set(args.methods) != set(METHODS) and old_path.is_file():
+            # a partial update keeps the other methods' figures (their settings must be unchanged)
+            old = json.loads(old_path.read_text())
+            kept = {m: e for m, e in old.get("methods", {}).items() if m not in args.methods}
+            data["methods"] = {m: (data["methods"] | kept)[m] for m in METHODS if m in data["methods"] | kept}
+            print(f"kept the baselines of {sorted(kept)} from {old_path}")
         Path(args.baselines).write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {args.baselines} ({time.perf_counter() - t0:.0f} s)")
         return 0
