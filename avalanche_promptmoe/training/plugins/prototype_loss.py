@@ -34,6 +34,7 @@ class PrototypeLossPlugin(SupervisedPlugin, supports_distributed=True):
         self.reduction = reduction
         self.old_keys: torch.Tensor | None = None
         self.old_frequent: torch.Tensor | None = None
+        self.applied_steps = 0  # training steps that received the loss (reports, CI mechanism checks)
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         if self.weight == 0 or self.old_keys is None:
@@ -45,6 +46,7 @@ class PrototypeLossPlugin(SupervisedPlugin, supports_distributed=True):
             prototype_loss(old[i], self.old_frequent[i], keys[i], model.top_k, self.reduction) for i in range(keys.shape[0])
         )
         strategy.loss = strategy.loss + self.weight * loss
+        self.applied_steps += 1
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         self.old_keys = strategy.model.prefix_keys().detach().cpu().clone()
@@ -52,9 +54,10 @@ class PrototypeLossPlugin(SupervisedPlugin, supports_distributed=True):
 
     def state_dict(self) -> dict:
         return {"weight": self.weight, "reduction": self.reduction, "old_keys": self.old_keys,
-                "old_frequent": self.old_frequent}
+                "old_frequent": self.old_frequent, "applied_steps": self.applied_steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.weight = float(state["weight"])
         self.reduction = str(state.get("reduction", "sum"))
         self.old_keys, self.old_frequent = state["old_keys"], state["old_frequent"]
+        self.applied_steps = int(state.get("applied_steps", 0))
