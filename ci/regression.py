@@ -211,12 +211,21 @@ def check(results: dict[str, dict], baselines: dict[str, Any], rerun: dict[str, 
         second = rerun["result"]
         if "error" in second or "error" in first:
             problems.append(f"determinism: {method} crashed in one of its two runs")
-        elif first["accuracy_matrix"] != second["accuracy_matrix"] or any(first[k] != second[k] for k in METRICS):
+        elif not _same_matrix(first["accuracy_matrix"], second["accuracy_matrix"]) or any(
+            first[k] != second[k] for k in METRICS
+        ):
             problems.append(
                 f"determinism: two runs of {method} with the same seed differ "
                 f"(FAA {first['faa']!r} vs {second['faa']!r})"
             )
     return problems
+
+
+def _same_matrix(a: list, b: list) -> bool:
+    """Bit-identical accuracy matrices (NaN where a task was not evaluated counts as equal)."""
+    import numpy as np
+
+    return np.array_equal(np.asarray(a, dtype=float), np.asarray(b, dtype=float), equal_nan=True)
 
 
 def load_baselines(path: Path, kit: str | None) -> dict[str, Any]:

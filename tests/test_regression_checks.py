@@ -50,6 +50,9 @@ def test_ordering_and_crash_and_determinism():
     problems = reg.check(results, {"methods": {**BASE["methods"], "seq": _entry(0.31, 0.2, 0.3)}}, None)
     assert "joint: crashed (RuntimeError: x)" in problems
     assert any(p.startswith("ordering: hash FAA 30.00 does not beat seq 31.00") for p in problems)
+    nan = float("nan")
+    same = {"method": "hash", "result": _res(0.30, 0.40, 0.10, matrix=((0.5, nan),))}
+    assert reg.check({"hash": _res(0.30, 0.40, 0.10, matrix=((0.5, nan),))}, BASE, same) == []  # NaN == NaN here
     rerun = {"method": "hash", "result": _res(0.30, 0.40, 0.10, matrix=((0.4,),))}
     results = {"hash": _res(0.30, 0.40, 0.10)}
     assert any(p.startswith("determinism: two runs of hash") for p in reg.check(results, BASE, rerun))
