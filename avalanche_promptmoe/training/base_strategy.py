@@ -39,11 +39,12 @@ __all__ = ["PromptStrategyBase"]
 
 log = logging.getLogger(__name__)
 
-_BASE_ARGS = (
-    "backbone", "num_classes", "pretrained", "checkpoint_path", "backbone_kwargs", "train_mb_size",
-    "train_epochs", "eval_mb_size", "device", "plugins", "evaluator", "loggers", "seed",
-    "checkpoint_dir", "use_task_labels", "config", "progress",
-)
+
+def _unwrapped(fn: Any) -> Any:
+    """The function under Avalanche's keyword-checking ``__init__`` wrappers."""
+    while hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+    return fn
 
 
 class PromptStrategyBase(SupervisedTemplate):
@@ -75,9 +76,7 @@ class PromptStrategyBase(SupervisedTemplate):
         if "__init__" not in cls.__dict__:
             # give the subclass its own __init__ (the unwrapped base one), so that Avalanche's keyword
             # check runs once, against this class's signature
-            raw = PromptStrategyBase.__init__
-            while hasattr(raw, "__wrapped__"):
-                raw = raw.__wrapped__
+            raw = _unwrapped(PromptStrategyBase.__init__)
 
             def __init__(self: PromptStrategyBase, **kw: Any) -> None:
                 raw(self, **kw)
@@ -87,10 +86,7 @@ class PromptStrategyBase(SupervisedTemplate):
         super().__init_subclass__(**kwargs)  # Avalanche wraps __init__ (keyword checks)
         # list the config fields in the signature, so that Avalanche's misspelling check and
         # help() see them as real keywords
-        base = PromptStrategyBase.__init__
-        while hasattr(base, "__wrapped__"):
-            base = base.__wrapped__
-        sig = inspect.signature(base)
+        sig = inspect.signature(_unwrapped(PromptStrategyBase.__init__))
         params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
         defaults = cls.config_cls()
         names = {p.name for p in params}
@@ -190,7 +186,7 @@ class PromptStrategyBase(SupervisedTemplate):
     # ------------------------------------------------------------------ construction hooks
     def build_model(self, backbone: nn.Module) -> nn.Module:
         """Return the method's model; it must expose ``vit`` (a PrefixViT) and ``param_groups()``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define build_model(backbone) (abstract hook)")
 
     def default_plugins(self) -> list[Any]:
         """The method's own plugins, placed before the user's."""
@@ -220,7 +216,8 @@ class PromptStrategyBase(SupervisedTemplate):
         flat = dict(cfg)
         flat.update(dict(flat.pop("method", {}) or {}))
         flat.update(overrides)
-        allowed = set(_BASE_ARGS) | set(config_fields(cls.config_cls)) | {"eval_every", "peval_mode"}
+        base_args = set(inspect.signature(_unwrapped(PromptStrategyBase.__init__)).parameters) - {"self", "kwargs"}
+        allowed = base_args | set(config_fields(cls.config_cls)) | {"eval_every", "peval_mode"}
         unknown = sorted(set(flat) - allowed)
         if unknown:
             raise ValueError(f"{cls.__name__}.from_config: unknown keys {unknown}; accepted: {sorted(allowed)}")
@@ -243,11 +240,12 @@ class PromptStrategyBase(SupervisedTemplate):
         """Post-training phases of a task (statistics, alignment...)."""
 
     def train_logits(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Training logits with the current task's prompts."""
+        raise NotImplementedError(f"{type(self).__name__} must define train_logits(x) (abstract hook)")
 
     def predict_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         """Inference logits; ``task_ids`` is the oracle task id when ``use_task_labels``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define predict_logits(x, task_ids) (abstract hook)")
 
     def train_mask_classes(self) -> list[int]:
         """Classes the training CE is restricted to: the current experience's (DECISIONS.md §C2)."""
@@ -410,6 +408,13 @@ class PromptStrategyBase(SupervisedTemplate):
         super().optimizer_step()
 
     # ------------------------------------------------------------------ checks
+    def _task_of_class(self) -> Tensor:
+        """``(num_classes,)`` task index of each trained class (−1 elsewhere), on the device."""
+        lookup = torch.full((self.num_classes,), -1, dtype=torch.long)
+        if self.class_to_task:
+            lookup[list(self.class_to_task)] = torch.tensor(list(self.class_to_task.values()))
+        return lookup.to(self.device)
+
     def _class_mask(self, classes: Sequence[int]) -> Tensor:
         mask = torch.zeros(self.num_classes, dtype=torch.bool, device=self.device)
         mask[list(classes)] = True

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..engine import mask_logits
@@ -135,13 +134,8 @@ class HiDePhases:
     def predict_tasks(self, x: Tensor) -> Tensor:
         """Task id per sample ``(B,)`` from the TII head on unprompted features (the query pass)."""
         logits = self.model.tii(self.model.plain_features(x).float())
-        mask = torch.zeros(self.num_classes, dtype=torch.bool, device=logits.device)
-        mask[self.seen_classes] = True
-        cls = mask_logits(logits, mask).argmax(-1)
-        lookup = torch.full((self.num_classes,), -1, dtype=torch.long)
-        for c, t in self.class_to_task.items():
-            lookup[c] = t
-        return lookup.to(cls.device)[cls]
+        cls = mask_logits(logits, self._class_mask(self.seen_classes)).argmax(-1)
+        return self._task_of_class()[cls]
 
     def contrastive_term(self, features: Tensor | None) -> Tensor | None:
         cfg = self.cfg

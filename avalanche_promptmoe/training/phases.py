@@ -12,7 +12,6 @@ No Avalanche here: every function takes tensors and modules and an explicit ``to
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -239,7 +238,3 @@ def contrastive_regulariser(features: Tensor, prototypes: Tensor | None, tau: fl
     logits = m @ m.T / tau
     return F.cross_entropy(logits, torch.arange(len(m), device=m.device))
 
-
-def cosine_lr(step: int, total: int, base: float, floor: float = 0.0) -> float:
-    """Cosine decay from ``base`` to ``floor`` over ``total`` steps."""
-    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
