@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("faa", "caa", "ffm", "wall_time_s", "trainable_params")
+SETTING_PREFIXES = ("benchmark.", "strategy.", "method.")
+SEED_PARAMS = {"benchmark.seed"}
 
 
 def collect(tracking_uri: str, experiment: str) -> dict[str, list[dict[str, float]]]:
-    """Finished runs of ``experiment`` grouped by their ``method`` tag → list of final metrics."""
+    """Finished runs of ``experiment`` grouped by their ``method`` tag and settings → final metrics.
+
+    Runs of one method whose logged settings differ (other than the seed) are not pooled into one
+    mean: each set of settings gets its own row, labelled with the settings that differ."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -26,13 +31,31 @@ def collect(tracking_uri: str, experiment: str) -> dict[str, list[dict[str, floa
     if exp is None:
         raise SystemExit(f"no MLflow experiment {experiment!r} in {tracking_uri}")
     runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'")
-    out: dict[str, list[dict[str, float]]] = defaultdict(list)
+    groups: dict[str, dict[tuple, list[dict[str, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         metrics = {k: r.data.metrics.get(f"final/{k}", math.nan) for k in COLUMNS}
         if math.isnan(metrics["faa"]):
             continue
-        out[r.data.tags.get("method", r.info.run_name or "?")].append(metrics)
-    return dict(out)
+        method = r.data.tags.get("method", r.info.run_name or "?")
+        groups[method][settings_key(r.data.params)].append(metrics)
+    out: dict[str, list[dict[str, float]]] = {}
+    for method, by_settings in groups.items():
+        for key, rows in by_settings.items():
+            out[method if len(by_settings) == 1 else f"{method} [{_differing(key, by_settings)}]"] = rows
+    return out
+
+
+def settings_key(params: dict[str, str]) -> tuple:
+    """The run's settings that define a group: benchmark/strategy/method params except the seed."""
+    return tuple(sorted((k, v) for k, v in params.items()
+                        if k.startswith(SETTING_PREFIXES) and k not in SEED_PARAMS))
+
+
+def _differing(key: tuple, siblings: dict[tuple, Any]) -> str:
+    mine = dict(key)
+    names = sorted({k for other in siblings for k, _ in set(other) ^ set(key)})
+    shown = ", ".join(f"{k}={mine.get(k, '-')}" for k in names[:3])
+    return shown + (f", +{len(names) - 3} more" if len(names) > 3 else "")
 
 
 def table(results: dict[str, list[dict[str, float]]]) -> str:
@@ -42,12 +65,13 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
         s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
         return f"{100 * m:6.2f} ± {100 * s:4.2f}" if pct else f"{m:10.0f}"
 
-    lines = [f"{'method':<8}{'runs':>5}  {'FAA %':>14}  {'CAA %':>14}  {'FFM %':>14}  {'wall s':>10}  {'params':>10}"]
+    width = max(8, *(len(m) + 1 for m in results))
+    lines = [f"{'method':<{width}}{'runs':>5}  {'FAA %':>14}  {'CAA %':>14}  {'FFM %':>14}  {'wall s':>10}  {'params':>10}"]
     order = sorted(results, key=lambda k: -sum(r["faa"] for r in results[k]) / len(results[k]))
     for method in order:
         rs = results[method]
         cells = [stat([r[c] for r in rs], pct=c in ("faa", "caa", "ffm")) for c in COLUMNS]
-        lines.append(f"{method:<8}{len(rs):>5}  " + "  ".join(f"{c:>14}" if i < 3 else f"{c:>10}" for i, c in enumerate(cells)))
+        lines.append(f"{method:<{width}}{len(rs):>5}  " + "  ".join(f"{c:>14}" if i < 3 else f"{c:>10}" for i, c in enumerate(cells)))
     return "\n".join(lines)
 
 

@@ -149,7 +149,7 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
         from avalanche_promptmoe.logging import MLflowLogger
 
         resolved = {"benchmark": {**cfg["benchmark"], "name": spec.name}, "strategy": cfg["strategy"],
-                    "method": {"name": args.method, **cfg["method"]}}
+                    "method": {"name": args.method, **resolved_method_settings(strategy_cls, cfg["method"])}}
         mlflow_logger = MLflowLogger(
             experiment_name=args.experiment or spec.name, tracking_uri=args.tracking_uri,
             run_name=f"{args.method}-seed{seed}", params=resolved,
@@ -171,6 +171,17 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
     log.info("%s on %s (seed %d): FAA %.4f  CAA %.4f  FFM %.4f  (%.0f s)", args.method, spec.name, seed,
              summary["faa"], summary["caa"], summary["ffm"], summary["wall_time_s"])
     return summary
+
+
+def resolved_method_settings(strategy_cls: Any, method: dict[str, Any]) -> dict[str, Any]:
+    """Every method setting the run uses, defaults included (so that runs whose code defaults differ
+    are told apart in MLflow), plus the section's other keys as given."""
+    from avalanche_promptmoe.training.config import config_fields, replace_config
+
+    fields = set(config_fields(strategy_cls.config_cls))
+    own = {k: v for k, v in method.items() if k in fields}
+    return {**replace_config(strategy_cls.config_cls(), own).to_dict(),
+            **{k: v for k, v in method.items() if k not in fields}}
 
 
 def init_distributed(args: argparse.Namespace, seed: int) -> bool:

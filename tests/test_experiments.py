@@ -91,6 +91,12 @@ def test_kit_script_resume_and_mlflow(tmp_path):
     assert set(results) == {"hash"} and len(results["hash"]) == 2
     assert results["hash"][0]["faa"] == pytest.approx(first["faa"])
     assert (tmp_path / "c.png").stat().st_size > 1000
+    assert runs[0].data.params["method.top_k"] == "2"  # resolved defaults are logged, not only the TOML
+    # a run with other settings is not pooled with the first two: its own row, named by the difference
+    args[args.index("method.tap_epochs=1")] = "method.tap_epochs=2"
+    _script("tinyimagenet32", [*args[:4], "--run-dir", str(tmp_path / "run2"), *args[6:]])
+    results = compare["main"](["--tracking-uri", uri, "--experiment", "tinyimagenet32", "--plot", ""])
+    assert {k: len(v) for k, v in results.items()} == {"hash [method.tap_epochs=1]": 2, "hash [method.tap_epochs=2]": 1}
 
 
 def test_config_errors(tmp_path):

@@ -22,7 +22,7 @@ SMALL = {
     HiDePromptStrategy: dict(layers=(0, 1), length=2, lr=0.01, **FAST_HIDE),
     LinearProbeStrategy: dict(lr=0.01),
     SequentialPromptStrategy: dict(layers=(0, 1), length=4, lr=0.01),
-    JointPromptStrategy: dict(layers=(0, 1), length=4, lr=0.01),
+    JointPromptStrategy: dict(layers=(0, 1), length=4, lr=0.01, train_epochs=4),  # each step from scratch
 }
 
 
@@ -68,13 +68,41 @@ def test_joint_trains_on_the_union_and_beats_seq():
 
     bm = make_benchmark()
     spy = Spy()
-    joint = make(JointPromptStrategy, train_epochs=4, plugins=[spy])
+    joint = make(JointPromptStrategy, train_epochs=10, plugins=[spy])  # each step from the initial state
     A_joint = run(joint, bm)
     A_seq = run(make(SequentialPromptStrategy, train_epochs=4), bm)
     per_exp = len(bm.train_stream[0].dataset)
-    assert spy.sizes[::4] == [per_exp, 2 * per_exp, 3 * per_exp]
+    assert spy.sizes[::10] == [per_exp, 2 * per_exp, 3 * per_exp]
     assert A_joint[-1].mean() > A_seq[-1].mean(), (A_joint, A_seq)
     assert A_joint[-1].min() > 0, "joint keeps every task"
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_joint_restart_starts_each_step_from_the_initial_prompt_and_head(restart):
+    """restart=True: every step begins at the construction-time prompt/head (independent joint runs);
+    restart=False: a step begins where the previous one ended."""
+    from avalanche.core import SupervisedPlugin
+
+    class StartState(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.starts = []
+
+        def before_training_epoch(self, strategy, **kw):
+            if strategy.clock.train_exp_epochs == 0:
+                m = strategy.model
+                self.starts.append((m.prompt.detach().clone(), m.head.weight.detach().clone()))
+
+    bm = make_benchmark()
+    spy = StartState()
+    joint = make(JointPromptStrategy, restart=restart, plugins=[spy])
+    init = (joint.model.prompt.detach().clone(), joint.model.head.weight.detach().clone())
+    run(joint, bm)
+    assert len(spy.starts) == 3
+    for prompt, head in spy.starts[1:]:
+        same = torch.equal(prompt, init[0]) and torch.equal(head, init[1])
+        assert same == restart
+    assert torch.equal(spy.starts[0][0], init[0])
 
 
 def test_hash_router_isolation_and_usage_counts():
@@ -108,7 +136,9 @@ def test_same_seed_same_numbers_and_different_seed_differs():
     assert not (a == c).all()
 
 
-@pytest.mark.parametrize("cls", [HashPromptStrategy, HiDePromptStrategy, SequentialPromptStrategy])
+@pytest.mark.parametrize(
+    "cls", [HashPromptStrategy, HiDePromptStrategy, SequentialPromptStrategy, JointPromptStrategy]
+)
 def test_resume_gives_the_same_accuracy_matrix(cls, tmp_path):
     """Invariant 11: save after experience k, resume in a new strategy: bit-identical matrix."""
     bm = make_benchmark()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ...training.config import MethodConfig
 from ...training.hide import HiDeConfig
 
-__all__ = ["HiDeBaselineConfig", "LinearProbeConfig", "SequentialPromptConfig"]
+__all__ = ["HiDeBaselineConfig", "JointPromptConfig", "LinearProbeConfig", "SequentialPromptConfig"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,22 @@ class SequentialPromptConfig(MethodConfig):
     layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     length: int = 50
     prompt_init: str = "uniform01"
+
+
+@dataclass(frozen=True)
+class JointPromptConfig(SequentialPromptConfig):
+    """``seq``'s prompt, head and optimiser, trained at step t on the union of experiences 0..t.
+
+    Attributes:
+        restart: ``True`` (default): every step trains the prompt and head afresh from their initial
+            values, so row t of the accuracy matrix is the model jointly trained on experiences
+            0..t — the classic joint-training bound, in which every image is seen ``epochs`` times.
+            ``False``: each step continues from step t−1, so the first experience's images have been
+            seen ``(t+1)·epochs`` times by step t; on small data the early experiences then overfit
+            and the late ones underfit (ci/README.md measures both).
+    """
+
+    restart: bool = True
 
 
 @dataclass(frozen=True)

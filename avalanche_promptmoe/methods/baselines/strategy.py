@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ...training.base_strategy import PromptStrategyBase
 from ...training.hide import HiDePhases
 from ...training.plugins import PhaseSchedulerPlugin
-from .config import HiDeBaselineConfig, LinearProbeConfig, SequentialPromptConfig
+from .config import HiDeBaselineConfig, JointPromptConfig, LinearProbeConfig, SequentialPromptConfig
 from .model import LinearProbeModel, SinglePrefixModel, TaskPrefixModel
 
 __all__ = ["HiDePromptStrategy", "JointPromptStrategy", "LinearProbeStrategy", "SequentialPromptStrategy"]
@@ -58,10 +59,26 @@ class JointPromptStrategy(SequentialPromptStrategy):
     """``joint``: the ``seq`` model trained at step t on the union of experiences 0..t, with CE over
     every class seen so far, so that ``A[t, i]`` exists; its last row is the upper bound.
 
-    The union is read from ``experience.origin_stream`` (so a resumed run still sees the earlier
-    experiences)."""
+    With ``restart=True`` (the default) each step starts again from the prompt and head drawn at
+    construction, so step t is an independent joint-training run on experiences 0..t; with
+    ``restart=False`` it continues from step t−1. The union is read from ``experience.origin_stream``
+    (so a resumed run still sees the earlier experiences)."""
 
+    config_cls = JointPromptConfig
     method_name = "joint"
+
+    def build_model(self, backbone: nn.Module) -> SinglePrefixModel:
+        model = super().build_model(backbone)
+        # the initial trainable values (seeded, so a resumed run rebuilds the same ones)
+        self._initial_trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return model
+
+    def prepare_task(self, task_id: int) -> None:
+        if self.cfg.restart:
+            with torch.no_grad():
+                for name, p in self.model.named_parameters():
+                    if name in self._initial_trainable:
+                        p.copy_(self._initial_trainable[name])
 
     def train_dataset_adaptation(self, **kwargs: Any) -> None:
         exp = self.experience
