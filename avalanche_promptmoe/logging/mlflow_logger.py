@@ -18,26 +18,17 @@ non-scalar values, ``text/<name>.txt`` for strings, ``report.md`` and ``report.j
 from __future__ import annotations
 
 import atexit
-import contextlib
 import csv
 import json
 import logging
-import os
-import re
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
-from functools import cached_property
-from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -45,24 +36,26 @@ from avalanche.evaluation.metric_results import AlternativeValues, TensorImage
 from avalanche.logging import BaseLogger
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from PIL.Image import Image
 
 import avalanche_promptmoe
+from avalanche_promptmoe.logging.mlflow_store import Store, open_run, resolve_uri, slug
+from avalanche_promptmoe.logging.run_info import (
+    flatten_config,
+    git_commit,
+    package_version,
+    sanitize_key,
+    to_dict,
+)
 
 __all__ = ["MLflowFallbackWarning", "MLflowLogger"]
 
 _log = logging.getLogger(__name__)
 
-_DB_NAME = "mlflow.db"
 _METRICS_PER_BATCH = 500  # MLflow allows 1000 entities and 1 MB per log_batch request
 _PARAMS_PER_BATCH = 100  # MLflow's limit for params and for tags
 _MAX_PARAM_VALUE = 6000
-_MAX_KEY = 250
-_CONNECT_TIMEOUT_S = 2.0
 _SUMMARY_METRICS = ("FAA", "CAA", "FFM")
-_PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 class MLflowFallbackWarning(RuntimeWarning):
@@ -70,18 +63,6 @@ class MLflowFallbackWarning(RuntimeWarning):
 
 
 # ---------------------------------------------------------------------------------- helpers
-def sanitize_key(name: str) -> str:
-    """Maps any string to a valid MLflow metric/param key (``[A-Za-z0-9_-. /]``, no ``..``)."""
-    cleaned = re.sub(r"[^A-Za-z0-9_\-. /]", "_", str(name))
-    parts = ["_" + p[1:] if p.startswith(".") else p for p in cleaned.split("/") if p.strip()]
-    return "/".join(parts)[:_MAX_KEY].rstrip("/") or "_"
-
-
-def _slug(name: str) -> str:
-    """A file-name-safe form of a metric name: ``EvalStream/Acc_Matrix`` → ``EvalStream_Acc_Matrix``."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_.") or "value"
-
-
 def _is_running_metric(name: str) -> bool:
     """Minibatch (``*_MB``) and epoch-running (``*Running*``) metrics, skipped by default."""
     head = name.split("/", 1)[0]
@@ -90,96 +71,6 @@ def _is_running_metric(name: str) -> bool:
 
 def _is_accuracy_matrix(name: str) -> bool:
     return "Acc_Matrix" in name or name.startswith("TaskAccMatrix")
-
-
-def _to_dict(cfg: Any) -> dict[str, Any]:
-    if is_dataclass(cfg) and not isinstance(cfg, type):
-        return asdict(cfg)
-    if hasattr(cfg, "to_dict"):
-        return dict(cfg.to_dict())
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise TypeError(f"config must be a mapping, a dataclass or have to_dict(), got {type(cfg).__name__}")
-
-
-def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Flattens nested mappings (and dataclasses) to ``{"a.b.c": "value"}``; lists become JSON."""
-    flat: dict[str, str] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if (is_dataclass(value) and not isinstance(value, type)) or isinstance(value, Mapping):
-            nested = _to_dict(value)
-            flat.update(flatten_config(nested, name) if nested else {name: "{}"})
-        elif isinstance(value, (list, tuple)):
-            flat[name] = json.dumps(value, default=str)
-        else:
-            flat[name] = str(value)
-    return flat
-
-
-def _sqlite_uri(directory: str | Path, db_name: str = _DB_NAME) -> str:
-    return f"sqlite:///{(Path(directory).expanduser() / db_name).resolve()}"
-
-
-def _resolve_uri(tracking_uri: str | Path | None) -> str:
-    """``None`` → ``<cwd>/mlruns``; a plain path → SQLite there (a ``*.db`` file or a directory)."""
-    if tracking_uri is None:
-        return _sqlite_uri(Path.cwd() / "mlruns")
-    uri = str(tracking_uri)
-    if urlsplit(uri).scheme or uri.startswith("databricks"):
-        return uri
-    path = Path(uri)
-    return _sqlite_uri(path.parent, path.name) if path.suffix == ".db" else _sqlite_uri(path)
-
-
-def _store_root(uri: str) -> Path | None:
-    """Directory of a SQLite database file (artifacts go to ``<root>/artifacts``), else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    db = uri[len("sqlite:///") :].split("?", 1)[0]
-    return None if db in ("", ":memory:") else Path(db).resolve().parent
-
-
-def _check_reachable(uri: str) -> None:
-    """A 2 s TCP connect to an http(s) tracking server. Raises OSError when it cannot connect."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https"):
-        return
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    with socket.create_connection((parts.hostname or "localhost", port), timeout=_CONNECT_TIMEOUT_S):
-        pass
-
-
-@contextlib.contextmanager
-def _bounded_http_requests() -> Iterator[None]:
-    """No retries and a 10 s timeout for MLflow's REST calls (unless the user set them)."""
-    overrides = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    added = [k for k in overrides if k not in os.environ]
-    os.environ.update({k: overrides[k] for k in added})
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
-
-def _git_commit() -> str:
-    if not (_PROJECT_DIR / ".git").exists():
-        return "unknown"
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=_PROJECT_DIR, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -199,51 +90,6 @@ def _write_matrix_csv(path: Path, matrix: np.ndarray, row_name: str, col_prefix:
 
 def _percent(value: float) -> str:
     return "" if np.isnan(value) else f"{100.0 * value:.2f}"
-
-
-@dataclass
-class _Store:
-    """One tracking store and the run opened in it; the client is rebuilt after unpickling."""
-
-    uri: str
-    experiment_id: str = ""
-    run_id: str = ""
-    artifact_uri: str = ""
-
-    @cached_property
-    def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.uri)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "client"}
-
-
-def _open_run(uri: str, experiment_name: str, run_name: str | None) -> _Store:
-    """Creates (or reuses) the experiment and starts a run. Raises whatever the store raises."""
-    root = _store_root(uri)
-    if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-    _check_reachable(uri)
-    http = urlsplit(uri).scheme in ("http", "https")
-    with _bounded_http_requests() if http else contextlib.nullcontext():
-        store = _Store(uri)
-        client = store.client
-        experiment = client.get_experiment_by_name(experiment_name)
-        if experiment is None:
-            location = None if root is None else str(root / "artifacts" / _slug(experiment_name))
-            try:
-                store.experiment_id = client.create_experiment(experiment_name, artifact_location=location)
-            except MlflowException:  # created concurrently by another logger
-                experiment = client.get_experiment_by_name(experiment_name)
-                if experiment is None:
-                    raise
-        if experiment is not None:
-            store.experiment_id = experiment.experiment_id
-            if experiment.lifecycle_stage == "deleted":
-                client.restore_experiment(experiment.experiment_id)
-        run = client.create_run(store.experiment_id, run_name=run_name)
-    store.run_id, store.artifact_uri = run.info.run_id, run.info.artifact_uri
-    return store
 
 
 def _close_at_exit(ref: weakref.ref[MLflowLogger]) -> None:
@@ -305,9 +151,9 @@ class MLflowLogger(BaseLogger):
         self.experiment_name = experiment_name
         self.log_minibatch = log_minibatch
         self._run_name = run_name
-        self._primary_uri = _resolve_uri(tracking_uri)
-        self._fallback_uri = _resolve_uri(Path(fallback_dir) if fallback_dir is not None else None)
-        self._init_params = flatten_config(_to_dict(params)) if params else {}
+        self._primary_uri = resolve_uri(tracking_uri)
+        self._fallback_uri = resolve_uri(Path(fallback_dir) if fallback_dir is not None else None)
+        self._init_params = flatten_config(to_dict(params)) if params else {}
         self._init_params_logged = False
         self._closed = False
         self._fell_back = False
@@ -315,12 +161,12 @@ class MLflowLogger(BaseLogger):
         self._staging = Path(tempfile.mkdtemp(prefix="avalanche_promptmoe_mlflow_"))
         self._tags: dict[str, str] = {
             "library_version": avalanche_promptmoe.__version__,
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "mlflow.source.git.commit": "",
             "torch_version": torch.__version__,
-            "timm_version": _version("timm"),
-            "avalanche_version": _version("avalanche-lib"),
-            "mlflow_version": _version("mlflow"),
+            "timm_version": package_version("timm"),
+            "avalanche_version": package_version("avalanche-lib"),
+            "mlflow_version": package_version("mlflow"),
         }
         self._tags["mlflow.source.git.commit"] = self._tags["git_commit"]
         self._tags.update({sanitize_key(k): str(v) for k, v in (tags or {}).items()})
@@ -343,9 +189,9 @@ class MLflowLogger(BaseLogger):
         self._dirty_matrices: set[str] = set()
         self._reports: dict[str, tuple[str, Any]] = {}
 
-        self._store: _Store | None = None
+        self._store: Store | None = None
         try:
-            self._store = _open_run(self._primary_uri, experiment_name, run_name)
+            self._store = open_run(self._primary_uri, experiment_name, run_name)
         except Exception as err:  # any store error: fall back, keep going
             self._fall_back(err, "opening the run")
         else:
@@ -405,13 +251,13 @@ class MLflowLogger(BaseLogger):
         elif isinstance(value, (torch.Tensor, np.ndarray)):
             self._log_tensor(name, value, step)
         elif isinstance(value, Figure):
-            self._stage(f"figures/{_slug(name)}/step_{step}.png", lambda p: value.savefig(p, format="png"))
+            self._stage(f"figures/{slug(name)}/step_{step}.png", lambda p: value.savefig(p, format="png"))
         elif isinstance(value, (Image, TensorImage)):
             self._stage(
-                f"images/{_slug(name)}/step_{step}.png", lambda p: _to_pil(value).save(p, format="PNG")
+                f"images/{slug(name)}/step_{step}.png", lambda p: _to_pil(value).save(p, format="PNG")
             )
         elif isinstance(value, str):
-            self._stage(f"text/{_slug(name)}.txt", lambda p: _append(p, f"{step}\t{value}\n"))
+            self._stage(f"text/{slug(name)}.txt", lambda p: _append(p, f"{step}\t{value}\n"))
         elif value is not None:
             _log.debug("MLflowLogger: no handler for %s of type %s", name, type(value).__name__)
 
@@ -445,7 +291,7 @@ class MLflowLogger(BaseLogger):
         Returns:
             The flattened params as logged.
         """
-        data = _to_dict(cfg)
+        data = to_dict(cfg)
         flat = self._add_params(flatten_config(data))
         text = json.dumps(data, indent=2, default=str)
         self._stage("config.json", lambda p: p.write_text(text))
@@ -473,7 +319,7 @@ class MLflowLogger(BaseLogger):
         if raw.ndim not in (2, 3):
             raise ValueError(f"counts must be (layers, heads, experts) or (layers, experts), got {raw.shape}")
         usage = raw.sum(axis=1) if raw.ndim == 3 else raw
-        base = f"expert_usage/{_slug(name)}"
+        base = f"expert_usage/{slug(name)}"
         self._stage(f"{base}.csv", lambda p: _write_matrix_csv(p, usage, "layer", "expert_"))
         self._stage(f"{base}.png", lambda p: plot_expert_usage(raw, layers=layers, path=p, title=name))
         self._sync()
@@ -491,8 +337,8 @@ class MLflowLogger(BaseLogger):
         else:
             markdown = str(report)
         self._reports[name] = (markdown, payload)
-        self._stage(f"{_slug(name)}.md", lambda p: p.write_text(markdown))
-        self._stage(f"{_slug(name)}.json", lambda p: p.write_text(json.dumps(payload, indent=2, default=str)))
+        self._stage(f"{slug(name)}.md", lambda p: p.write_text(markdown))
+        self._stage(f"{slug(name)}.json", lambda p: p.write_text(json.dumps(payload, indent=2, default=str)))
         self._sync()
 
     def log_artifact_file(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -551,7 +397,7 @@ class MLflowLogger(BaseLogger):
             self._matrices[name] = (array.astype(np.float64), step)
             self._dirty_matrices.add(name)
             return
-        base = f"tensors/{_slug(name)}/step_{step}"
+        base = f"tensors/{slug(name)}/step_{step}"
         if array.ndim <= 2 and array.dtype.kind in "biuf":
             matrix = np.atleast_2d(array.astype(np.float64))
             self._stage(f"{base}.csv", lambda p: np.savetxt(p, matrix, delimiter=",", fmt="%.6g"))
@@ -563,7 +409,7 @@ class MLflowLogger(BaseLogger):
 
         for name in sorted(self._dirty_matrices):
             matrix, step = self._matrices[name]
-            base = f"accuracy_matrix/{_slug(name)}"
+            base = f"accuracy_matrix/{slug(name)}"
             self._stage(f"{base}.csv", lambda p, m=matrix: _write_matrix_csv(p, m, "after_task", "task_"))
             title = f"{name}\nstep {step}; row t: after training task t"
             self._stage(f"{base}.png", lambda p, m=matrix, t=title: plot_accuracy_matrix(m, path=p, title=t))
@@ -725,7 +571,7 @@ class MLflowLogger(BaseLogger):
         self._tags_sent, self._params_sent, self._metrics_sent, self._files_sent = {}, set(), 0, 0
         self._artifacts_pending = set(self._artifacts)
         try:
-            self._store = _open_run(self._fallback_uri, self.experiment_name, self._run_name)
+            self._store = open_run(self._fallback_uri, self.experiment_name, self._run_name)
         except Exception as err2:
             self._fall_back(err2, "opening the fallback run")
             return
