@@ -297,6 +297,21 @@ def update(methods: list[str], seeds: list[int], kit: str | None, tracking_uri: 
     return out
 
 
+def ordering_margins(results: dict[str, dict]) -> str:
+    """How much room the ordering has in this run: joint over the best prompt method, the worst
+    prompt method over seq (FAA points; negative = broken). Empty when a side is missing."""
+    ok = {m: r["faa"] for m, r in results.items() if "error" not in r}
+    prompts = {m: ok[m] for m in PROMPT_METHODS if m in ok}
+    parts = []
+    if "joint" in ok and prompts:
+        best = max(prompts, key=prompts.get)
+        parts.append(f"joint - {best} (best prompt method) = {100 * (ok['joint'] - prompts[best]):+.2f}")
+    if "seq" in ok and prompts:
+        worst = min(prompts, key=prompts.get)
+        parts.append(f"{worst} (worst prompt method) - seq = {100 * (prompts[worst] - ok['seq']):+.2f}")
+    return "ordering margins (FAA points): " + "; ".join(parts) if parts else ""
+
+
 def ordering_by_seed(data: dict[str, Any]) -> list[str]:
     """The ordering checked on each measured seed of a baselines file: it should hold at every seed,
     not only at the one CI runs."""
@@ -374,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                  "result": run_all([DETERMINISM_METHOD], args.seed, args.kit, None)[DETERMINISM_METHOD]}
     problems = check(results, baselines, rerun)
     print("\n" + table(results))
+    if margins := ordering_margins(results):
+        print(margins)
     Path(args.json).write_text(json.dumps({"protocol": protocol(), "seed": args.seed, "results": results,
                                            "problems": problems}, indent=2, default=_nan) + "\n")
     print(f"\nresults: {args.json}  ({time.perf_counter() - t0:.0f} s)")

@@ -108,3 +108,13 @@ def test_ordering_by_seed_names_the_seed_that_breaks_it():
     assert reg.ordering_by_seed(data) == [
         "seed 1: ordering: joint FAA 16.00 is below hide FAA 17.00 (joint must be the upper bound)"
     ]
+
+
+def test_ordering_margins_name_the_closest_methods():
+    res = {m: {"faa": v} for m, v in (("hash", 0.17), ("hide", 0.181), ("smope", 0.1475), ("seq", 0.1245),
+                                      ("joint", 0.184))}
+    assert reg.ordering_margins(res) == (
+        "ordering margins (FAA points): joint - hide (best prompt method) = +0.30; "
+        "smope (worst prompt method) - seq = +2.30"
+    )
+    assert reg.ordering_margins({"hash": {"faa": 0.2}}) == ""
