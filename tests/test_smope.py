@@ -60,6 +60,7 @@ def test_config_defaults_are_the_cifar100_scripts():
     assert c.layers == (0, 1, 2, 3, 4, 5) and c.num_experts == 25 and c.top_k == 5
     assert (c.epsilon, c.inference_epsilon, c.router_weight, c.proto_weight) == (0.4, 2.0, 1e-5, 1e-5)
     assert (c.epochs, c.optimizer, c.weight_decay, c.lr_schedule) == (20, "adamw", 0.0, "cosine")
+    assert (c.lr_min, c.lr_freeze_iters) == (0.0, 0)  # the CIFAR config adds the script's per-iteration cosine
     assert c.clip_grad is None
     assert c.lr == 0.025 and math.isclose(c.lr * c.head_lr_scale, 0.005)
     assert c.phases == ("wtp", "tap") and c.contrastive_weight == 0 and c.dense_warmup_fraction == 0.5

@@ -34,6 +34,7 @@ from ..engine import create_backbone, mask_logits
 from .checkpoint import capture_rng_state, load_checkpoint_file, restore_rng_state, save_checkpoint_file
 from .config import MethodConfig, config_fields, replace_config
 from .distributed import all_reduce_grads_, barrier, is_distributed, is_main_process, rank, world_size
+from .schedules import build_lr_scheduler
 
 __all__ = ["PromptStrategyBase"]
 
@@ -179,6 +180,7 @@ class PromptStrategyBase(SupervisedTemplate):
         self.trained_experiences = 0
         self._in_train_call = False
         self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self._scheduler_per_iteration = False
         self._pre_experience_state: dict | None = None
         self._nonfinite = torch.zeros((), dtype=torch.bool)
         self.backbone_fingerprint = _fingerprint(self.model.vit.backbone)
@@ -297,9 +299,14 @@ class PromptStrategyBase(SupervisedTemplate):
     def _after_training_epoch(self, **kwargs: Any) -> None:
         if self.device.type != "cpu" and bool(self._nonfinite):
             self._nan_stop()
-        if self._scheduler is not None:
+        if self._scheduler is not None and not self._scheduler_per_iteration:
             self._scheduler.step()
         super()._after_training_epoch(**kwargs)
+
+    def _after_training_iteration(self, **kwargs: Any) -> None:
+        if self._scheduler is not None and self._scheduler_per_iteration:
+            self._scheduler.step()
+        super()._after_training_iteration(**kwargs)
 
     def model_adaptation(self, model: nn.Module | None = None) -> nn.Module:
         model = self.model if model is None else model
@@ -320,11 +327,15 @@ class PromptStrategyBase(SupervisedTemplate):
         else:
             opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
         self.optimizer = opt
-        self._scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.train_epochs))
-            if cfg.lr_schedule == "cosine"
-            else None
+        self._scheduler, self._scheduler_per_iteration = build_lr_scheduler(
+            opt, cfg.lr_schedule, epochs=self.schedule_epochs(),
+            iters_per_epoch=len(self.dataloader) if cfg.lr_schedule == "cosine_iter" else None,
+            lr_min=cfg.lr_min, freeze_iters=cfg.lr_freeze_iters,
         )
+
+    def schedule_epochs(self) -> int:
+        """Epochs the learning-rate schedule built by :meth:`make_optimizer` spans."""
+        return self.train_epochs
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")

@@ -40,7 +40,7 @@ class SMoPEConfig(HiDeConfig):
     head_lr_scale: float = 0.2
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     weight_decay: float = 0.0
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_schedule: Literal["constant", "cosine", "cosine_iter"] = "cosine"
     clip_grad: float | None = None
     phases: tuple[str, ...] = ("wtp", "tap")
     tap_epochs: int = 50

@@ -121,12 +121,9 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
         self.model.set_usage(usage.frequent(), usage.never_selected())
 
     # ------------------------------------------------------------------ optimiser and epochs
-    def make_optimizer(self, **kwargs: Any) -> None:
-        super().make_optimizer(**kwargs)
-        if self.model.dense and self._scheduler is not None:  # the warm-up has its own cosine cycle
-            self._scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.optimizer, T_max=max(1, self._dense_epochs_left)
-            )
+    def schedule_epochs(self) -> int:
+        """The dense warm-up has its own schedule cycle over its epochs."""
+        return max(1, self._dense_epochs_left) if self.model.dense else super().schedule_epochs()
 
     def _before_training_epoch(self, **kwargs: Any) -> None:
         self.epoch_modes.append((self.task_id, "dense" if self.model.dense else "sparse"))

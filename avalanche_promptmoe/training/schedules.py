@@ -1,0 +1,71 @@
+"""Learning-rate schedules of the main training phase, built per experience with its optimizer.
+
+* ``"constant"``: no scheduler.
+* ``"cosine"``: per epoch, from each group's lr to ``lr_min`` over the phase's epochs.
+* ``"cosine_iter"``: per iteration (SMoPE's CIFAR and ImageNet-R scripts): the first
+  ``freeze_iters`` iterations run at ``lr_min`` (the scripts' "freeze"), then a cosine from each
+  group's lr down to ``lr_min`` over the remaining iterations of the phase.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["SCHEDULES", "build_lr_scheduler", "cosine_iter_factor"]
+
+SCHEDULES = ("constant", "cosine", "cosine_iter")
+
+
+def cosine_iter_factor(base_lr: float, *, total_iters: int, lr_min: float, freeze_iters: int) -> Callable[[int], float]:
+    """``step → lr(step) / base_lr`` for ``"cosine_iter"``: ``lr_min`` while ``step < freeze_iters``,
+    then ``lr_min + (base_lr − lr_min)·(1 + cos(π·s/S))/2`` with ``s = step − freeze_iters`` and
+    ``S = total_iters − freeze_iters`` (``lr_min`` from ``S`` on)."""
+    span = max(1, total_iters - freeze_iters)
+
+    def factor(step: int) -> float:
+        if step < freeze_iters:
+            return lr_min / base_lr
+        t = min(step - freeze_iters, span) / span
+        return (lr_min + (base_lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * t))) / base_lr
+
+    return factor
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    *,
+    epochs: int,
+    iters_per_epoch: int | None = None,
+    lr_min: float = 0.0,
+    freeze_iters: int = 0,
+) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, bool]:
+    """The scheduler for one training phase and whether it steps per iteration (else per epoch).
+
+    ``iters_per_epoch`` is needed by ``"cosine_iter"`` only. Raises ``ValueError`` on an unknown
+    schedule; warns when the frozen start covers the whole phase."""
+    if schedule == "constant":
+        return None, False
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=lr_min), False
+    if schedule != "cosine_iter":
+        raise ValueError(f"lr_schedule: expected one of {SCHEDULES}, got {schedule!r}")
+    if not iters_per_epoch or iters_per_epoch < 1:
+        raise ValueError(f"lr_schedule 'cosine_iter' needs the iterations per epoch, got {iters_per_epoch!r}")
+    total = max(1, epochs) * iters_per_epoch
+    if freeze_iters >= total:
+        warnings.warn(
+            f"lr_freeze_iters={freeze_iters} covers the whole phase ({total} iterations): it trains at lr_min "
+            f"= {lr_min} throughout",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    factors = [
+        cosine_iter_factor(g["lr"], total_iters=total, lr_min=lr_min, freeze_iters=freeze_iters)
+        for g in optimizer.param_groups
+    ]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors), True
