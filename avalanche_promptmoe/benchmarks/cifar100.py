@@ -18,7 +18,6 @@ from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
 from avalanche_promptmoe.benchmarks.transforms import (
     NormalizeSpec,
     _class_incremental,
-    _describe_normalize,
     build_transforms,
 )
 
@@ -143,35 +142,9 @@ def split_cifar100(
     n_classes = len(set(train_ds.targets))
     if n_classes != _N_CLASSES:
         logger.warning("CIFAR-100 in %s has %d classes, not 100: not the published protocol", base, n_classes)
-    bm, class_order = _class_incremental(
-        train_ds,
-        test_ds,
-        n_classes=n_classes,
-        n_experiences=n_experiences,
-        seed=seed,
-        train_transform=tf_train,
-        eval_transform=tf_eval,
-    )
-    bm.protocol = {
-        "benchmark": "split_cifar100",
-        "root": str(base),
-        "n_experiences": int(n_experiences),
-        "n_classes": n_classes,
-        "seed": seed,
-        "normalize": _describe_normalize(normalize),
-        "img_size": int(img_size),
-        "n_train": len(train_ds),
-        "n_test": len(test_ds),
-        "check_integrity": bool(check_integrity),
-        "train_transform": repr(tf_train),
-        "eval_transform": repr(tf_eval),
-    }
-    logger.info(
-        "split_cifar100: %d train / %d test images, %d classes in %d experiences (seed %s)",
-        len(train_ds),
-        len(test_ds),
-        n_classes,
-        n_experiences,
-        seed,
+    bm = _class_incremental(
+        train_ds, test_ds, n_classes=n_classes, n_experiences=n_experiences, seed=seed,
+        train_transform=tf_train, eval_transform=tf_eval, name="split_cifar100", root=base,
+        normalize=normalize, img_size=img_size, details={"check_integrity": bool(check_integrity)},
     )
     return bm

@@ -23,7 +23,6 @@ from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
 from avalanche_promptmoe.benchmarks.transforms import (
     NormalizeSpec,
     _class_incremental,
-    _describe_normalize,
     build_transforms,
 )
 
@@ -228,36 +227,10 @@ def split_cub200(
     test_ds = ImagePathsDataset(img_dir, *lists["test"])
     for ds in (train_ds, test_ds):
         ds.classes = lists["classes"]
-    bm, _ = _class_incremental(
-        train_ds,
-        test_ds,
-        n_classes=n_classes,
-        n_experiences=n_experiences,
-        seed=seed,
-        train_transform=tf_train,
-        eval_transform=tf_eval,
-    )
-    bm.protocol = {
-        "benchmark": "split_cub200",
-        "root": str(lists["base"]),
-        "n_experiences": int(n_experiences),
-        "n_classes": n_classes,
-        "seed": seed,
-        "normalize": _describe_normalize(normalize),
-        "img_size": int(img_size),
-        "n_train": len(train_ds),
-        "n_test": len(test_ds),
-        "crop": "full image (bounding boxes ignored)",
-        "classes": lists["classes"],
-        "train_transform": repr(tf_train),
-        "eval_transform": repr(tf_eval),
-    }
-    logger.info(
-        "split_cub200: %d train / %d test images, %d classes in %d experiences (seed %s)",
-        len(train_ds),
-        len(test_ds),
-        n_classes,
-        n_experiences,
-        seed,
+    bm = _class_incremental(
+        train_ds, test_ds, n_classes=n_classes, n_experiences=n_experiences, seed=seed,
+        train_transform=tf_train, eval_transform=tf_eval, name="split_cub200", root=lists["base"],
+        normalize=normalize, img_size=img_size,
+        details={"crop": "full image (bounding boxes ignored)", "classes": lists["classes"]},
     )
     return bm

@@ -35,7 +35,6 @@ from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
 from avalanche_promptmoe.benchmarks.transforms import (
     NormalizeSpec,
     _class_incremental,
-    _describe_normalize,
     build_transforms,
 )
 
@@ -176,39 +175,15 @@ def split_imagenet_r(
     test_ds = ImagePathsDataset(base, test, [label_of[p.split("/", 1)[0]] for p in test])
     for ds in (train_ds, test_ds):
         ds.classes = list(wnids)
-    bm, _ = _class_incremental(
-        train_ds,
-        test_ds,
-        n_classes=n_classes,
-        n_experiences=n_experiences,
-        seed=seed,
-        train_transform=tf_train,
-        eval_transform=tf_eval,
-    )
-    bm.protocol = {
-        "benchmark": "split_imagenet_r",
-        "root": str(base),
-        "n_experiences": int(n_experiences),
-        "n_classes": n_classes,
-        "seed": seed,
-        "split_seed": int(split_seed),
-        "split_rule": "per class: RandomState(split_seed) permutation of sorted paths, floor(80%) train",
-        "split_sha256": sha,
-        "normalize": _describe_normalize(normalize),
-        "img_size": int(img_size),
-        "n_train": len(train),
-        "n_test": len(test),
-        "wnids": list(wnids),
-        "train_transform": repr(tf_train),
-        "eval_transform": repr(tf_eval),
-    }
-    logger.info(
-        "split_imagenet_r: %d train / %d test images, %d classes in %d experiences (seed %s, split sha256 %s)",
-        len(train),
-        len(test),
-        n_classes,
-        n_experiences,
-        seed,
-        sha[:12],
+    bm = _class_incremental(
+        train_ds, test_ds, n_classes=n_classes, n_experiences=n_experiences, seed=seed,
+        train_transform=tf_train, eval_transform=tf_eval, name="split_imagenet_r", root=base,
+        normalize=normalize, img_size=img_size, log_note=f"split sha256 {sha[:12]}",
+        details={
+            "split_seed": int(split_seed),
+            "split_rule": "per class: RandomState(split_seed) permutation of sorted paths, floor(80%) train",
+            "split_sha256": sha,
+            "wnids": list(wnids),
+        },
     )
     return bm

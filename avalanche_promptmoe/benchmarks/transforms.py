@@ -28,7 +28,7 @@ ratio). Normalization presets (:data:`NORMALIZATIONS`):
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -182,11 +182,19 @@ def _class_incremental(
     seed: int | None,
     train_transform: Callable[[Any], Any],
     eval_transform: Callable[[Any], Any],
-) -> tuple[Any, list[int]]:
+    name: str,
+    root: Any,
+    normalize: NormalizeSpec | str,
+    img_size: int,
+    details: Mapping[str, Any] | None = None,
+    log_note: str = "",
+) -> Any:
     """Wrap two datasets with ``.targets`` (labels ``0..n_classes-1``) into a class-incremental CLScenario.
 
     Shared by the dataset builders. The class order is passed explicitly (never ``seed=``), because
     Avalanche's generators reseed the *global* torch RNG when given a seed (ECOSYSTEM.md §A4.4).
+    Sets ``bm.class_order`` and ``bm.protocol`` (what every builder records, then the builder's own
+    ``details``) and logs one line (``log_note`` appended inside its parentheses).
     """
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
     from avalanche.benchmarks.utils import as_classification_dataset
@@ -211,4 +219,22 @@ def _class_incremental(
         num_experiences=n_experiences,
     )
     bm.class_order = class_order
-    return bm, class_order
+    bm.protocol = {
+        "benchmark": name,
+        "root": str(root),
+        "n_experiences": int(n_experiences),
+        "n_classes": n_classes,
+        "seed": seed,
+        "normalize": _describe_normalize(normalize),
+        "img_size": int(img_size),
+        "n_train": len(train_ds),
+        "n_test": len(test_ds),
+        **dict(details or {}),
+        "train_transform": repr(train_transform),
+        "eval_transform": repr(eval_transform),
+    }
+    logger.info(
+        "%s: %d train / %d test images, %d classes in %d experiences (seed %s%s)",
+        name, len(train_ds), len(test_ds), n_classes, n_experiences, seed, f", {log_note}" if log_note else "",
+    )
+    return bm
