@@ -6,11 +6,16 @@ What it adds to Avalanche's loop:
   model, with the method's own settings (a frozen config dataclass, the papers' defaults) accepted
   as plain keywords and listed in the signature;
 * a fresh optimizer per experience over the trainable parameters only (prompt and head groups);
-* cross-entropy masked to the current experience's classes in training, logits masked to the
-  classes seen so far at evaluation (−1e4, never −inf); bf16 autocast on CUDA;
+* cross-entropy masked to the current experience's classes in training, widened to the classes a
+  mini-batch holds (rehearsal plugins: :func:`~.losses.training_class_mask`), logits masked to the
+  classes seen so far at evaluation (−1e4, never −inf); ``mb_output`` is the masked logits in both
+  (stock accuracy metrics score them), the evaluation loss is computed on the unmasked logits
+  (finite, comparable stock loss metrics); bf16 autocast on CUDA;
+* bring-your-own optimizer / scheduler / criterion as factories (:mod:`.optim`);
 * checks on each experience (class ids in range, not empty), an error for ``eval()`` before any
   training, and a NaN stop that writes a checkpoint of the state before the failing experience;
-* exact resume: ``save_checkpoint(path)`` / ``resume_from(path)`` in our own weights-only format.
+* exact resume: ``save_checkpoint(path)`` / ``resume_from(path)`` in our own weights-only format, with
+  every attached plugin's state kept or refused (:mod:`.plugin_state`).
 
 Subclasses implement :meth:`build_model`, :meth:`train_logits`, :meth:`predict_logits` and may hook
 :meth:`prepare_task`, :meth:`finish_task`, :meth:`aux_loss` and the ``method_state`` pair.
@@ -26,7 +31,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor, nn
 
@@ -34,6 +38,15 @@ from ..engine import create_backbone, mask_logits
 from .checkpoint import capture_rng_state, load_checkpoint_file, restore_rng_state, save_checkpoint_file
 from .config import MethodConfig, config_fields, replace_config
 from .distributed import all_reduce_grads_, barrier, is_distributed, is_main_process, rank, world_size
+from .losses import training_class_mask
+from .optim import (
+    build_optimizer,
+    build_user_scheduler,
+    check_plugins_for_optimizer,
+    check_scheduler_keywords,
+    split_optimizer_keyword,
+)
+from .plugin_state import checkpoint_plugins
 from .schedules import build_lr_scheduler
 
 __all__ = ["PromptStrategyBase"]
@@ -67,6 +80,14 @@ class PromptStrategyBase(SupervisedTemplate):
         use_task_labels: take the stream's task labels as an oracle task id at evaluation.
         config: a method config instance; plain keywords named after its fields override it.
         progress: show progress bars in the method's own phases.
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (the config field) or a factory
+            ``params -> torch.optim.Optimizer`` called at every experience on the trainable parameter
+            groups, each with its own ``lr`` (training/optim.py).
+        lr_scheduler: a factory ``optimizer -> scheduler`` called at every experience, stepped per
+            ``lr_scheduler_interval`` (``"epoch"`` or ``"iteration"``); needs ``lr_schedule="constant"``.
+        criterion: ``(logits, targets) -> loss``; in training it gets the masked logits (``mb_output``:
+            classes outside the mini-batch's admitted set at −1e4), at evaluation the unmasked ones.
+            Default: ``nn.CrossEntropyLoss()``.
         **kwargs: the method's config fields, and SupervisedTemplate keywords (``eval_every``, ...).
     """
 
@@ -117,6 +138,9 @@ class PromptStrategyBase(SupervisedTemplate):
         use_task_labels: bool = False,
         config: MethodConfig | None = None,
         progress: bool = True,
+        lr_scheduler: Any = None,
+        lr_scheduler_interval: str = "epoch",
+        criterion: Any = None,
         **kwargs: Any,
     ) -> None:
         from avalanche.training.determinism.rng_manager import RNGManager
@@ -127,12 +151,19 @@ class PromptStrategyBase(SupervisedTemplate):
             raise ValueError(f"train_mb_size: must be >= 1, got {train_mb_size}")
         if evaluator is not None and loggers is not None:
             raise ValueError("evaluator, loggers: pass one of them, not both (loggers go into the evaluator)")
+        self._optimizer_factory = split_optimizer_keyword(kwargs)
         method_keys = set(config_fields(self.config_cls))
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in method_keys}
         cfg = config if config is not None else self.config_cls()
         if not isinstance(cfg, self.config_cls):
             raise ValueError(f"config: expected a {self.config_cls.__name__}, got {type(cfg).__name__}")
         self.cfg = replace_config(cfg, overrides)
+        check_scheduler_keywords(lr_scheduler, lr_scheduler_interval, self.cfg.lr_schedule)
+        check_plugins_for_optimizer(plugins or [])
+        if criterion is not None and not callable(criterion):
+            raise TypeError(f"criterion: expected a callable (logits, targets) -> loss, got {criterion!r}")
+        self._lr_scheduler_factory = lr_scheduler
+        self._lr_scheduler_interval = lr_scheduler_interval
         self.num_classes = num_classes
         self.seed = int(seed)
         self.use_task_labels = use_task_labels
@@ -165,7 +196,7 @@ class PromptStrategyBase(SupervisedTemplate):
         super().__init__(
             model=model,
             optimizer=placeholder,
-            criterion=nn.CrossEntropyLoss(),
+            criterion=criterion if criterion is not None else nn.CrossEntropyLoss(),
             train_mb_size=train_mb_size,
             train_epochs=train_epochs or self.cfg.epochs,
             eval_mb_size=eval_mb_size,
@@ -183,6 +214,7 @@ class PromptStrategyBase(SupervisedTemplate):
         self._scheduler_per_iteration = False
         self._pre_experience_state: dict | None = None
         self._nonfinite = torch.zeros((), dtype=torch.bool)
+        self.mb_logits: Tensor | None = None  # unmasked logits of the last forward
         self.backbone_fingerprint = _fingerprint(self.model.vit.backbone)
 
     # ------------------------------------------------------------------ construction hooks
@@ -320,13 +352,12 @@ class PromptStrategyBase(SupervisedTemplate):
         if not groups:
             raise RuntimeError(f"{type(self).__name__}: the model has no trainable parameters")
         cfg = self.cfg
-        if cfg.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        opt = build_optimizer(groups, cfg, self._optimizer_factory)
         self.optimizer = opt
+        if self._lr_scheduler_factory is not None:  # the user's scheduler replaces lr_schedule
+            self._scheduler = build_user_scheduler(self._lr_scheduler_factory, opt)
+            self._scheduler_per_iteration = self._lr_scheduler_interval == "iteration"
+            return
         self._scheduler, self._scheduler_per_iteration = build_lr_scheduler(
             opt, cfg.lr_schedule, epochs=self.schedule_epochs(),
             iters_per_epoch=len(self.dataloader) if cfg.lr_schedule == "cosine_iter" else None,
@@ -344,18 +375,32 @@ class PromptStrategyBase(SupervisedTemplate):
         x = self.mb_x
         with self._autocast():
             if self.is_training:
-                return self.train_logits(x).float()
+                self.mb_logits = self.train_logits(x).float()
+                return mask_logits(self.mb_logits, self._train_mask())
             if not self.task_classes:  # periodic eval before the first experience
-                return self.model.head(self.model.vit(x)).float()
+                self.mb_logits = self.model.head(self.model.vit(x)).float()
+                return self.mb_logits
             oracle = self.mb_task_id if self.use_task_labels and len(self.mbatch) >= 3 else None
             logits = self.predict_logits(x, oracle).float()
+        self.mb_logits = logits
         return mask_logits(logits, self._class_mask(self.seen_classes))
 
+    def _train_mask(self) -> Tensor:
+        """Bool ``(C,)``: :meth:`train_mask_classes` ∪ the mini-batch's classes (rehearsal), ∪ all seen
+        classes when a plugin reads old-class logits (LwF); see :func:`.losses.training_class_mask`."""
+        from avalanche.training.plugins import LwFPlugin
+
+        seen = self._class_mask(self.seen_classes) if any(isinstance(p, LwFPlugin) for p in self.plugins) else None
+        return training_class_mask(self._class_mask(self.train_mask_classes()), self.mb_y, seen)
+
     def criterion(self) -> Tensor:
+        """Training: the criterion on the masked logits (``mb_output``) + :meth:`aux_loss`. Evaluation:
+        the criterion on the unmasked logits, so the −1e4 of the prediction mask never reaches the
+        loss (stock ``loss_metrics`` stay finite on experiences not trained yet)."""
         if not self.is_training:
-            return F.cross_entropy(self.mb_output, self.mb_y)
-        logits = mask_logits(self.mb_output, self._class_mask(self.train_mask_classes()))
-        loss = F.cross_entropy(logits, self.mb_y)
+            logits = self.mb_logits if self.mb_logits is not None else self.mb_output
+            return self._criterion(logits, self.mb_y)
+        loss = self._criterion(self.mb_output, self.mb_y)
         extra = self.aux_loss()
         return loss if extra is None else loss + extra
 
@@ -466,10 +511,8 @@ class PromptStrategyBase(SupervisedTemplate):
 
     # ------------------------------------------------------------------ checkpoints
     def _our_plugins(self) -> dict[str, Any]:
-        out = {}
-        for p in self.plugins:
-            if hasattr(p, "state_dict") and hasattr(p, "load_state_dict") and not isinstance(p, nn.Module):
-                out[type(p).__name__] = p
+        # plugins whose state a checkpoint keeps; unknown stateful ones refused outside train()
+        out = checkpoint_plugins(self.plugins, strict=not self._in_train_call)
         for m in getattr(self.evaluator, "metrics", []):
             if hasattr(m, "state_dict") and hasattr(m, "load_state_dict"):
                 out["metric:" + type(m).__name__] = m
