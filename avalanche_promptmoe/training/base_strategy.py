@@ -44,6 +44,7 @@ from .optim import (
     build_user_scheduler,
     check_plugins_for_optimizer,
     check_scheduler_keywords,
+    describe_overrides,
     split_optimizer_keyword,
 )
 from .plugin_state import checkpoint_plugins
@@ -164,6 +165,9 @@ class PromptStrategyBase(SupervisedTemplate):
             raise TypeError(f"criterion: expected a callable (logits, targets) -> loss, got {criterion!r}")
         self._lr_scheduler_factory = lr_scheduler
         self._lr_scheduler_interval = lr_scheduler_interval
+        # what the user replaced (the config's optimizer / lr_schedule do not apply to it), for run logs
+        self.training_overrides = describe_overrides(self._optimizer_factory, lr_scheduler, lr_scheduler_interval,
+                                                     criterion)
         self.num_classes = num_classes
         self.seed = int(seed)
         self.use_task_labels = use_task_labels
@@ -394,12 +398,18 @@ class PromptStrategyBase(SupervisedTemplate):
         return training_class_mask(self._class_mask(self.train_mask_classes()), self.mb_y, seen)
 
     def criterion(self) -> Tensor:
-        """Training: the criterion on the masked logits (``mb_output``) + :meth:`aux_loss`. Evaluation:
-        the criterion on the unmasked logits, so the −1e4 of the prediction mask never reaches the
-        loss (stock ``loss_metrics`` stay finite on experiences not trained yet)."""
+        """Training: the criterion on the masked logits (``mb_output``) + :meth:`aux_loss`.
+
+        Evaluation: the criterion on the logits masked to the seen classes ∪ the mini-batch's own
+        classes (the training rule), so the −1e4 of the prediction mask never reaches the loss: on a
+        trained experience it is the loss over the seen classes (as before), on one not trained yet
+        a finite loss (stock ``loss_metrics`` stay comparable). Predictions (``mb_output``) keep the
+        seen-class mask."""
         if not self.is_training:
-            logits = self.mb_logits if self.mb_logits is not None else self.mb_output
-            return self._criterion(logits, self.mb_y)
+            if self.mb_logits is None or not self.task_classes:
+                return self._criterion(self.mb_output, self.mb_y)
+            allowed = training_class_mask(self._class_mask(self.seen_classes), self.mb_y)
+            return self._criterion(mask_logits(self.mb_logits, allowed), self.mb_y)
         loss = self._criterion(self.mb_output, self.mb_y)
         extra = self.aux_loss()
         return loss if extra is None else loss + extra

@@ -35,6 +35,7 @@ __all__ = [
     "build_user_scheduler",
     "check_plugins_for_optimizer",
     "check_scheduler_keywords",
+    "describe_overrides",
     "split_optimizer_keyword",
 ]
 
@@ -130,3 +131,28 @@ def build_user_scheduler(factory: SchedulerFactory, optimizer: torch.optim.Optim
     if not callable(getattr(sched, "step", None)):
         raise TypeError(f"lr_scheduler: the factory returned {type(sched).__name__}, which has no step()")
     return sched
+
+
+def describe_overrides(optimizer: OptimizerFactory | None, lr_scheduler: SchedulerFactory | None, interval: str,
+                       criterion: Criterion | None) -> dict[str, str]:
+    """``{"optimizer": ..., "lr_scheduler": ..., "criterion": ...}`` for the user-supplied ones only
+    (short descriptions for run logs: the method config's ``optimizer`` / ``lr_schedule`` do not
+    describe a run that replaced them)."""
+    out = {}
+    if optimizer is not None:
+        out["optimizer"] = f"factory {_describe(optimizer)}"
+    if lr_scheduler is not None:
+        out["lr_scheduler"] = f"factory {_describe(lr_scheduler)} per {interval}"
+    if criterion is not None:
+        out["criterion"] = _describe(criterion)
+    return out
+
+
+def _describe(obj: Any) -> str:
+    import functools
+
+    if isinstance(obj, functools.partial):
+        kw = ", ".join(f"{k}={v!r}" for k, v in obj.keywords.items())
+        return f"{_describe(obj.func)}({kw})"
+    name = getattr(obj, "__qualname__", None) or type(obj).__name__
+    return str(name)[:200]
