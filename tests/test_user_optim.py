@@ -131,5 +131,5 @@ def test_user_criterion_gets_masked_training_and_unmasked_eval_logits():
 
 
 def test_bad_criterion_is_refused():
-    with pytest.raises(TypeError, match="criterion"):
+    with pytest.raises(TypeError, match="criterion: expected a callable"):
         _strategy(criterion="ce")

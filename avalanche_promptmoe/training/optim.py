@@ -15,6 +15,10 @@ prompts, frozen old ones), so a user optimizer or scheduler is given as a *facto
   "iteration"``: after every iteration). It replaces the method's own ``lr_schedule``, so that one
   must be ``"constant"``.
 
+Both apply to the Avalanche training loop (HiDe's WTP, SMoPE's dense warm-up and sparse epochs); the
+HiDe phases TII and TAP train their heads on cached features with their own optimizers
+(``tii_lr``, ``tap_lr``, ``tap_optimizer``).
+
 Avalanche's ``LRSchedulerPlugin`` wraps a scheduler bound to one optimizer object, which the
 per-experience rebuild would leave stepping a dead optimizer; it is refused with a message pointing
 to ``lr_scheduler=``.
