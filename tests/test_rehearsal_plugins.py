@@ -137,6 +137,11 @@ def test_unknown_stateful_plugin_is_refused_by_name(tmp_path):
     with pytest.raises(PluginStateError, match="EWCPlugin.*checkpoint_stateless"):
         s.save_checkpoint(tmp_path / "e.pt")
     assert not (tmp_path / "e.pt").exists()
+    class Probe(SupervisedPlugin):  # no instance attributes: nothing to keep
+        def after_training_iteration(self, strategy, **kw):
+            pass
+
+    s.plugins.append(Probe())
     ewc.checkpoint_stateless = True  # the documented opt-out
     s.save_checkpoint(tmp_path / "e.pt")
     assert (tmp_path / "e.pt").exists()

@@ -10,8 +10,9 @@ state is never dropped silently. For each plugin in ``strategy.plugins``:
   labels, task labels and reservoir weights; after a resume the buffer holds those tensors, so random
   train-time augmentations no longer apply to the old samples (exact when the data has none);
 * Avalanche's plugins without state across experiences (``EarlyStoppingPlugin`` resets itself per
-  experience; the evaluator, the clock and periodic eval are handled by the strategy) and any plugin
-  with ``checkpoint_stateless = True`` (an opt-out: its state then starts fresh after a resume): skipped;
+  experience; the evaluator, the clock and periodic eval are handled by the strategy), plugins with
+  no instance attributes, and any plugin with ``checkpoint_stateless = True`` (an opt-out: its state
+  then starts fresh after a resume): skipped;
 * anything else (``EWCPlugin``, ``LwFPlugin``, other replay storage policies, unknown user plugins):
   ``save_checkpoint`` and ``resume_from`` raise :class:`PluginStateError` naming the plugin and both
   ways out. (The snapshot a NaN stop writes skips them, since training is already failing.)
@@ -55,7 +56,7 @@ def checkpoint_plugins(plugins: list[Any], *, strict: bool) -> dict[str, Any]:
             obj: Any = p
         elif isinstance(p, ReplayPlugin) and ReplayBufferState.supports(p):
             obj = ReplayBufferState(p)
-        elif name in STATELESS_PLUGINS or getattr(p, "checkpoint_stateless", False):
+        elif name in STATELESS_PLUGINS or getattr(p, "checkpoint_stateless", False) or not vars(p):
             continue
         elif strict:
             raise PluginStateError(
