@@ -9,8 +9,8 @@ What it adds to Avalanche's loop:
 * cross-entropy masked to the current experience's classes in training, widened to the classes a
   mini-batch holds (rehearsal plugins: :func:`~.losses.training_class_mask`), logits masked to the
   classes seen so far at evaluation (−1e4, never −inf); ``mb_output`` is the masked logits in both
-  (stock accuracy metrics score them), the evaluation loss is computed on the unmasked logits
-  (finite, comparable stock loss metrics); bf16 autocast on CUDA;
+  (stock accuracy metrics score them, ``mb_logits`` keeps the unmasked ones); the evaluation loss
+  admits the batch's own classes too (finite, comparable stock loss metrics); bf16 autocast on CUDA;
 * bring-your-own optimizer / scheduler / criterion as factories (:mod:`.optim`);
 * checks on each experience (class ids in range, not empty), an error for ``eval()`` before any
   training, and a NaN stop that writes a checkpoint of the state before the failing experience;
@@ -86,8 +86,9 @@ class PromptStrategyBase(SupervisedTemplate):
             groups, each with its own ``lr`` (training/optim.py).
         lr_scheduler: a factory ``optimizer -> scheduler`` called at every experience, stepped per
             ``lr_scheduler_interval`` (``"epoch"`` or ``"iteration"``); needs ``lr_schedule="constant"``.
-        criterion: ``(logits, targets) -> loss``; in training it gets the masked logits (``mb_output``:
-            classes outside the mini-batch's admitted set at −1e4), at evaluation the unmasked ones.
+        criterion: ``(logits, targets) -> loss``; it gets logits masked to −1e4 outside the admitted
+            classes (training: ``mb_output``; evaluation: the seen classes ∪ the batch's own), so it
+            should ignore those (a plain or weighted CE does; label smoothing would not).
             Default: ``nn.CrossEntropyLoss()``.
         **kwargs: the method's config fields, and SupervisedTemplate keywords (``eval_every``, ...).
     """
