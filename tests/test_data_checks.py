@@ -13,7 +13,15 @@ import pytest
 import torch
 from cl_utils import _dataset, make_images, tiny_backbone
 
-from avalanche_promptmoe import HashPromptStrategy, SequentialPromptStrategy
+from avalanche_promptmoe import (
+    HashPromptStrategy,
+    HiDePromptStrategy,
+    JointPromptStrategy,
+    LayerGroupedPromptStrategy,
+    LinearProbeStrategy,
+    SequentialPromptStrategy,
+    SMoPEStrategy,
+)
 from avalanche_promptmoe.training.experience import experience_classes
 
 # ----------------------------------------------------------------------- experiences without classes
@@ -49,14 +57,24 @@ def test_experience_classes_from_targets_when_the_attribute_is_absent():
         experience_classes(SimpleNamespace(current_experience=4, dataset=[1, 2]))
 
 
-@pytest.mark.parametrize("cls", [SequentialPromptStrategy, HashPromptStrategy])
+_FAST_PHASES = dict(tap_epochs=1, samples_per_class=8, tap_centroids=2)
+_HIDE = dict(layers=(0, 1), length=2, tii_epochs=1, tii_replay_epochs=1, n_centroids=2, **_FAST_PHASES)
+STRATEGY_KW = {
+    SequentialPromptStrategy: dict(layers=(0, 1), length=2),
+    HashPromptStrategy: dict(num_experts=4, top_k=2, **_HIDE),
+    HiDePromptStrategy: dict(_HIDE),
+    SMoPEStrategy: dict(layers=(0, 1), num_experts=4, top_k=2, **_FAST_PHASES),
+    LayerGroupedPromptStrategy: dict(layers=(0, 1), groups=((0,), (1,)), length=2, rank=2, **_FAST_PHASES),
+    LinearProbeStrategy: {},
+    JointPromptStrategy: dict(layers=(0,), length=2),
+}
+
+
+@pytest.mark.parametrize("cls", list(STRATEGY_KW), ids=lambda c: c.__name__)
 def test_strategies_train_on_benchmark_from_datasets(cls):
-    kw = dict(layers=(0, 1), length=2, lr=0.01)
-    if cls is HashPromptStrategy:
-        kw.update(num_experts=4, top_k=2, tii_epochs=1, tii_replay_epochs=1, tap_epochs=1, samples_per_class=8,
-                  n_centroids=2, tap_centroids=2)
+    kw = STRATEGY_KW[cls]
     s = cls(backbone=tiny_backbone(), num_classes=4, train_mb_size=8, train_epochs=1, device="cpu", loggers=[],
-            progress=False, seed=0, **kw)
+            progress=False, seed=0, lr=0.01, **kw)
     bm = _from_datasets_benchmark()
     for i, exp in enumerate(bm.train_stream):
         s.train(exp, eval_streams=[])
