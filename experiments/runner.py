@@ -29,12 +29,16 @@ import re
 import sys
 import time
 import tomllib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Avalanche imports qpsolvers (for its GEM plugin), which warns on import when no QP solver is installed;
+# no method here solves a QP (quadprog is not a dependency), so the scripts do not show that warning.
+warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = PROJECT_ROOT / "experiments" / "configs"
