@@ -38,6 +38,7 @@ from ..engine import create_backbone, mask_logits
 from .checkpoint import capture_rng_state, load_checkpoint_file, restore_rng_state, save_checkpoint_file
 from .config import MethodConfig, config_fields, replace_config
 from .distributed import all_reduce_grads_, barrier, is_distributed, is_main_process, rank, world_size
+from .experience import experience_classes
 from .losses import training_class_mask
 from .optim import (
     build_optimizer,
@@ -319,7 +320,7 @@ class PromptStrategyBase(SupervisedTemplate):
     def _before_training_exp(self, **kwargs: Any) -> None:
         self._check_experience(self.experience)
         self._pre_experience_state = self.state_dict_for_checkpoint()
-        classes = sorted(int(c) for c in self.experience.classes_in_this_experience)
+        classes = experience_classes(self.experience)
         task = len(self.task_classes)
         self.task_classes.append(classes)
         for c in classes:
@@ -488,7 +489,7 @@ class PromptStrategyBase(SupervisedTemplate):
         return mask
 
     def _check_experience(self, experience: Any) -> None:
-        classes = [int(c) for c in experience.classes_in_this_experience]
+        classes = experience_classes(experience)
         if len(experience.dataset) == 0 or not classes:
             raise ValueError(f"experience {experience.current_experience}: it is empty (no samples)")
         bad = [c for c in classes if not 0 <= c < self.num_classes]
