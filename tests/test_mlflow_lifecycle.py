@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ mlflow = pytest.importorskip("mlflow")
 
 from cl_utils import make_benchmark, tiny_backbone  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow_utils import fresh_store  # noqa: E402
 
 from avalanche_promptmoe import LinearProbeStrategy  # noqa: E402
 from avalanche_promptmoe.logging import MLflowFallbackWarning, MLflowLogger  # noqa: E402
@@ -31,19 +31,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy i
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "HF_HUB_OFFLINE": "1",
        "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-
-
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-def _store_in(directory: Path, template: Path) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, directory / "mlflow.db")
-    return f"sqlite:///{directory}/mlflow.db"
 
 
 def _runs(uri: str, experiment: str) -> list:
@@ -74,8 +61,8 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def test_script_exception_is_failed_and_sigterm_is_killed(tmp_path: Path, migrated_db: Path) -> None:
-    uri = _store_in(tmp_path / "store", migrated_db)
+def test_script_exception_is_failed_and_sigterm_is_killed(tmp_path: Path) -> None:
+    uri = fresh_store(tmp_path / "store")
     script = tmp_path / "script.py"
     script.write_text(_SCRIPT)
     procs = {mode: subprocess.Popen([sys.executable, str(script), uri, mode], env=ENV, stdout=subprocess.PIPE,
@@ -90,11 +77,11 @@ def test_script_exception_is_failed_and_sigterm_is_killed(tmp_path: Path, migrat
         assert _report(uri, run.info.run_id, tmp_path / name)["status"] == run.info.status
 
 
-def test_context_manager_and_runner_record_failed_and_killed(tmp_path: Path, migrated_db: Path) -> None:
+def test_context_manager_and_runner_record_failed_and_killed(tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT / "experiments"))
     import runner
 
-    uri = _store_in(tmp_path / "store", migrated_db)
+    uri = fresh_store(tmp_path / "store")
     with pytest.raises(KeyboardInterrupt), MLflowLogger("ctx", tracking_uri=uri, run_name="ctrl-c") as logger:
         logger.log_single_metric("loss", 1.0, 1)
         raise KeyboardInterrupt
@@ -138,8 +125,8 @@ _KILLED_PART = textwrap.dedent(
 )
 
 
-def test_resume_after_kill_9_continues_the_same_run(tmp_path: Path, migrated_db: Path) -> None:
-    uri = _store_in(tmp_path / "store", migrated_db)
+def test_resume_after_kill_9_continues_the_same_run(tmp_path: Path) -> None:
+    uri = fresh_store(tmp_path / "store")
     script, ckpt = tmp_path / "part1.py", tmp_path / "last.pt"
     script.write_text(_KILLED_PART)
     out = subprocess.run([sys.executable, str(script), uri, str(ckpt)], env=ENV, capture_output=True, text=True,
@@ -199,7 +186,7 @@ def test_two_runs_starting_on_a_fresh_sqlite_store_both_land_in_it(tmp_path: Pat
 
 
 def test_dump_when_no_store_is_writable_replays_with_the_documented_command(
-    tmp_path: Path, migrated_db: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     blocker = tmp_path / "not_a_directory"
     blocker.write_text("a file where the stores' folders should be")
@@ -211,7 +198,7 @@ def test_dump_when_no_store_is_writable_replays_with_the_documented_command(
         logger.close()
     assert logger.run_id is None
     dump = next(Path(r.args[0]) for r in caplog.records if "no MLflow store accepted" in r.getMessage())
-    uri = _store_in(tmp_path / "good", migrated_db)
+    uri = fresh_store(tmp_path / "good")
     run_id = replay_main([str(dump), "--tracking-uri", uri])
     (run,) = _runs(uri, "lost")
     assert run.info.run_id == run_id and run.info.status == "FINISHED" and run.info.run_name == "r"
@@ -222,9 +209,9 @@ def test_dump_when_no_store_is_writable_replays_with_the_documented_command(
 
 
 def test_a_warning_turned_error_propagates_instead_of_switching_stores(
-    tmp_path: Path, migrated_db: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    uri = _store_in(tmp_path / "store", migrated_db)
+    uri = fresh_store(tmp_path / "store")
     logger = MLflowLogger("strict", tracking_uri=uri, fallback_dir=tmp_path / "fallback")
     assert logger.run_id is not None
     client = logger._store.client
@@ -247,10 +234,10 @@ def test_a_warning_turned_error_propagates_instead_of_switching_stores(
     assert MlflowClient(uri).get_run(logger.run_id).data.metrics["loss"] == 1.0
 
 
-def test_logger_state_round_trips_through_a_strategy_checkpoint(tmp_path: Path, migrated_db: Path) -> None:
+def test_logger_state_round_trips_through_a_strategy_checkpoint(tmp_path: Path) -> None:
     """The strategy checkpoint carries the logger's run; a second logger that already opened a run of
     its own gives it up (deleted) for the continued one."""
-    uri = _store_in(tmp_path / "store", migrated_db)
+    uri = fresh_store(tmp_path / "store")
     bm = make_benchmark(n_exp=2, per_class=8, test_per_class=4)
     first = MLflowLogger("ckpt", tracking_uri=uri)
     s = LinearProbeStrategy(backbone=tiny_backbone(), num_classes=4, train_mb_size=8, train_epochs=1,
