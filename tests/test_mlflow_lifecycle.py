@@ -256,3 +256,31 @@ def test_logger_state_round_trips_through_a_strategy_checkpoint(tmp_path: Path) 
     assert client.get_run(own).info.lifecycle_stage == "deleted"
     assert client.get_run(first.run_id).info.status == "FINISHED"
     assert torch.isfinite(torch.tensor(second.wall_time_s))
+
+
+def test_settings_changed_on_resume_become_override_tags(tmp_path: Path) -> None:
+    """MLflow params are immutable: on resume with another value the run keeps the first one and
+    records the new one as a tag (also for a strategy's ``resume_overrides``); no fallback."""
+    uri = fresh_store(tmp_path / "store")
+    first = MLflowLogger("override", tracking_uri=uri, params={"method": {"lr": 0.01, "top_k": 2}})
+    first.before_training(_Strategy())
+    state = first.state_dict()
+    second = MLflowLogger("override", tracking_uri=uri, params={"method": {"lr": 0.02, "top_k": 2}})
+    second.load_state_dict(state)
+    strategy = _Strategy()
+    strategy.resume_overrides = {"tap_epochs": 5}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MLflowFallbackWarning)
+        second.before_training(strategy)
+        second.close()
+    run = MlflowClient(uri).get_run(first.run_id)
+    assert second.run_id == first.run_id and run.info.status == "FINISHED"
+    assert run.data.params["method.lr"] == "0.01" and run.data.tags["resume_override.method.lr"] == "0.02"
+    assert run.data.tags["resume_override.tap_epochs"] == "5"
+
+
+class _Strategy:
+    """The little of a strategy the logger's hooks read."""
+
+    def __init__(self) -> None:
+        self.plugins: list = []

@@ -57,7 +57,7 @@ def describe_strategy(strategy: Any) -> dict[str, Any]:
         if model is not None:
             out["model"] = {"class": type(model).__name__}
     plugins = [type(p).__name__ for p in getattr(strategy, "plugins", []) or []]
-    strat["plugins"] = [p for p in plugins if p not in ("EvaluationPlugin", "Clock")]
+    strat["plugins"] = [p for p in plugins if p not in ("EvaluationPlugin", "Clock", "PeriodicEval")]
     out["strategy"] = strat
     return out
 
