@@ -609,7 +609,8 @@ class MLflowLogger(BaseLogger):
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             write(path)
-        except Exception as err:  # a bad value or plot must not stop training
+        except (OSError, ValueError, TypeError, RuntimeError, AttributeError) as err:  # a bad value or plot
+            # must not stop training; anything else (a warning made an error by -W error) propagates
             _log.warning("MLflowLogger could not write artifact %s: %s", relative, err)
             return
         self._artifacts.add(relative)

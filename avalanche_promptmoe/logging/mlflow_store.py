@@ -93,7 +93,7 @@ def store_lock(uri: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     db = sqlite_path(uri)
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock; open_run retries instead
+    except ImportError:  # pragma: no cover - Windows: no inter-process lock (start runs one at a time)
         fcntl = None  # type: ignore[assignment]
     if db is None or fcntl is None:
         yield
