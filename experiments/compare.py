@@ -1,5 +1,8 @@
-"""Compare runs logged to MLflow: a table of FAA / CAA / FFM / wall time / trainable parameters per
-method, and a bar plot.
+"""Compare runs logged to MLflow: a table of FAA / CAA / FFM (and FFM-HiDe when logged) / wall time /
+trainable parameters per method (mean ± std over seeds), and a bar plot with std error bars.
+
+Finds every FINISHED run with ``final/faa``: runs of the scripts and runs made through the Python
+API (``MLflowLogger`` logs ``final/*`` by itself).
 
     python experiments/compare.py                                   # experiment "tinyimagenet32"
     python experiments/compare.py --experiment cub200 --plot cmp.png
@@ -15,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("faa", "caa", "ffm", "wall_time_s", "trainable_params")
-SETTING_PREFIXES = ("benchmark.", "strategy.", "method.")
-SEED_PARAMS = {"benchmark.seed"}
+OPTIONAL = ("ffm_hide",)  # shown when some run logged it
+SETTING_PREFIXES = ("benchmark.", "strategy.", "method.", "backbone.", "protocol.")
+SEED_PARAMS = {"benchmark.seed", "strategy.seed", "protocol.seed", "protocol.root"}
+PERCENT = {"faa": "FAA %", "caa": "CAA %", "ffm": "FFM %", "ffm_hide": "FFM-HiDe %"}
 
 
 def collect(tracking_uri: str, experiment: str) -> dict[str, list[dict[str, float]]]:
@@ -34,6 +39,7 @@ def collect(tracking_uri: str, experiment: str) -> dict[str, list[dict[str, floa
     groups: dict[str, dict[tuple, list[dict[str, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         metrics = {k: r.data.metrics.get(f"final/{k}", math.nan) for k in COLUMNS}
+        metrics.update({k: r.data.metrics[f"final/{k}"] for k in OPTIONAL if f"final/{k}" in r.data.metrics})
         if math.isnan(metrics["faa"]):
             continue
         method = r.data.tags.get("method", r.info.run_name or "?")
@@ -58,42 +64,67 @@ def _differing(key: tuple, siblings: dict[tuple, Any]) -> str:
     return shown + (f", +{len(names) - 3} more" if len(names) > 3 else "")
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single run), NaNs left out."""
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return math.nan, math.nan
+    m = sum(vals) / len(vals)
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+
+
+def columns(results: dict[str, list[dict[str, float]]]) -> tuple[str, ...]:
+    """The metric columns: FAA, CAA, FFM, then FFM-HiDe when any run has it, wall time, parameters."""
+    extra = tuple(k for k in OPTIONAL if any(k in r for rs in results.values() for r in rs))
+    return (*COLUMNS[:3], *extra, *COLUMNS[3:])
+
+
 def table(results: dict[str, list[dict[str, float]]]) -> str:
     """Mean ± std over runs (seeds) per method, sorted by FAA."""
     def stat(vals: list[float], pct: bool) -> str:
-        m = sum(vals) / len(vals)
-        s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        m, s = mean_std(vals)
         return f"{100 * m:6.2f} ± {100 * s:4.2f}" if pct else f"{m:10.0f}"
 
+    cols = columns(results)
     width = max(8, *(len(m) + 1 for m in results))
-    lines = [f"{'method':<{width}}{'runs':>5}  {'FAA %':>14}  {'CAA %':>14}  {'FFM %':>14}  {'wall s':>10}  {'params':>10}"]
+    heads = [f"{PERCENT[c]:>14}" if c in PERCENT else f"{'wall s' if c == 'wall_time_s' else 'params':>10}" for c in cols]
+    lines = [f"{'method':<{width}}{'runs':>5}  " + "  ".join(heads)]
     order = sorted(results, key=lambda k: -sum(r["faa"] for r in results[k]) / len(results[k]))
     for method in order:
         rs = results[method]
-        cells = [stat([r[c] for r in rs], pct=c in ("faa", "caa", "ffm")) for c in COLUMNS]
-        lines.append(f"{method:<{width}}{len(rs):>5}  " + "  ".join(f"{c:>14}" if i < 3 else f"{c:>10}" for i, c in enumerate(cells)))
+        cells = [stat([r.get(c, math.nan) for r in rs], pct=c in PERCENT) for c in cols]
+        lines.append(f"{method:<{width}}{len(rs):>5}  "
+                     + "  ".join(f"{v:>14}" if c in PERCENT else f"{v:>10}" for c, v in zip(cols, cells)))
     return "\n".join(lines)
 
 
-def plot(results: dict[str, list[dict[str, float]]], path: str | Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def figure(results: dict[str, list[dict[str, float]]], title: str) -> Any:
+    """Bars of the mean per method with error bars of the std over runs (seeds), one panel per
+    metric (FAA, CAA, FFM, and FFM-HiDe when logged); each bar is labelled ``mean ± std (n)``."""
+    from matplotlib.figure import Figure
 
     methods = sorted(results, key=lambda k: -sum(r["faa"] for r in results[k]) / len(results[k]))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, key, label in zip(axes, ("faa", "caa", "ffm"), ("FAA (%)", "CAA (%)", "FFM (%)")):
-        means = [100 * sum(r[key] for r in results[m]) / len(results[m]) for m in methods]
-        ax.bar(methods, means, color=["#4477aa" if m not in ("seq", "joint", "linear") else "#bbbbbb" for m in methods])
-        ax.set_title(label)
+    keys = [c for c in columns(results) if c in PERCENT]
+    fig = Figure(figsize=(4 * len(keys), 3.8))
+    axes = fig.subplots(1, len(keys))
+    for ax, key in zip(axes, keys):
+        stats = [mean_std([r.get(key, math.nan) for r in results[m]]) for m in methods]
+        means, stds = [100 * m for m, _ in stats], [100 * s for _, s in stats]
+        ax.bar(methods, means, yerr=stds, capsize=4, ecolor="#333333",
+               color=["#4477aa" if m not in ("seq", "joint", "linear") else "#bbbbbb" for m in methods])
+        ax.set_title(PERCENT[key].replace(" %", " (%)"))
         ax.tick_params(axis="x", rotation=45)
-        for i, v in enumerate(means):
-            ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
-    fig.suptitle(title)
+        for i, (m, s) in enumerate(zip(means, stds)):
+            ax.text(i, m + (0 if math.isnan(s) else s), f"{m:.1f} ± {s:.1f} ({len(results[methods[i]])})",
+                    ha="center", va="bottom", fontsize=7)
+    fig.suptitle(f"{title}: mean ± std over seeds (n runs per bar)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot(results: dict[str, list[dict[str, float]]], path: str | Path, title: str) -> Path:
+    """Saves :func:`figure` to ``path``."""
+    figure(results, title).savefig(path, dpi=120)
     return Path(path)
 
 

@@ -21,6 +21,7 @@ directory, never inside the source tree).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import logging
@@ -30,7 +31,7 @@ import sys
 import time
 import tomllib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,21 +217,20 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
         mlflow_logger = MLflowLogger(
             experiment_name=args.experiment or spec.name, tracking_uri=args.tracking_uri,
             run_name=f"{args.method}-seed{seed}", params=resolved,
-            tags={"method": args.method, "benchmark": spec.name, "seed": str(seed)},
+            tags={"method": args.method, "benchmark": spec.name, "seed": str(seed)}, benchmark=benchmark,
         )
         loggers.append(mlflow_logger)
-    strategy = strategy_cls.from_config(
-        {**strategy_kwargs, "num_classes": spec.num_classes, "seed": seed, "device": args.device,
-         "method": cfg["method"]},
-        loggers=loggers,
-    )
-    summary = train_and_evaluate(strategy, benchmark, run_dir, resume=args.resume)
-    summary.update(method=args.method, benchmark=spec.name, seed=seed)
-    if main_process:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if mlflow_logger is not None:
-        _log_final(mlflow_logger, strategy, summary)
-        mlflow_logger.close()
+    with _run_status(mlflow_logger) as finish:
+        strategy = strategy_cls.from_config(
+            {**strategy_kwargs, "num_classes": spec.num_classes, "seed": seed, "device": args.device,
+             "method": cfg["method"]},
+            loggers=loggers, plugins=[RunClock()],
+        )
+        summary = train_and_evaluate(strategy, benchmark, run_dir, resume=args.resume)
+        summary.update(method=args.method, benchmark=spec.name, seed=seed)
+        if main_process:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        finish(summary)
     log.info("%s on %s (seed %d): FAA %.4f  CAA %.4f  FFM %.4f  (%.0f s)", args.method, spec.name, seed,
              summary["faa"], summary["caa"], summary["ffm"], summary["wall_time_s"])
     return summary
@@ -303,7 +303,7 @@ def train_and_evaluate(strategy: Any, benchmark: Any, run_dir: Path, *, resume: 
     key = next((k for k in stream_acc if k.startswith("Top1_Acc_Stream/eval_phase/test_stream")), None)
     summary.update(
         sample_weighted_stream_acc=float(stream_acc[key]) if key else float("nan"),
-        wall_time_s=time.perf_counter() - t0,
+        wall_time_s=_elapsed_s(strategy, t0),
         trainable_params=int(strategy.trainable_parameter_count()),
         accuracy_matrix=matrix.tolist(),
         resumed_from=start,
@@ -316,14 +316,57 @@ def _task_matrix(strategy: Any) -> Any:
     return metric.accuracy_matrix
 
 
-def _log_final(logger: Any, strategy: Any, summary: dict[str, Any]) -> None:
-    usage = getattr(getattr(strategy, "routing_history", None), "usage", None)
-    if usage is not None:
-        logger.log_expert_usage(usage.counts)
-    for key in ("faa", "caa", "ffm", "wall_time_s", "trainable_params", "sample_weighted_stream_acc"):
-        logger.log_single_metric(f"final/{key}", float(summary[key]), 0)
-    logger.flush()
-    logger.log_report(summary)
+def _plugin_base() -> type:
+    from avalanche.core import SupervisedPlugin
+
+    return SupervisedPlugin
+
+
+class RunClock(_plugin_base()):  # type: ignore[misc]
+    """Wall time of a run across ``--resume``: a plugin whose state (seconds so far) travels in the
+    strategy checkpoint, so that ``summary.json``'s ``wall_time_s`` includes the killed part."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._saved = 0.0
+        self._t0 = time.perf_counter()
+
+    @property
+    def elapsed_s(self) -> float:
+        return self._saved + time.perf_counter() - self._t0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed_s": self.elapsed_s}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self._saved, self._t0 = float(state["elapsed_s"]), time.perf_counter()
+
+
+def _elapsed_s(strategy: Any, t0: float) -> float:
+    """The run's wall time: its :class:`RunClock` (resumes included), else since ``t0``."""
+    clock = next((p for p in strategy.plugins if isinstance(p, RunClock)), None)
+    return time.perf_counter() - t0 if clock is None else clock.elapsed_s
+
+
+@contextlib.contextmanager
+def _run_status(logger: Any) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """Ends the MLflow run with the truth: FINISHED after ``finish(summary)``, FAILED on an exception,
+    KILLED on Ctrl-C or SIGTERM (the library's handler raises ``SystemExit(143)``). The logger itself
+    logs the settings, expert usage and ``final/*`` metrics; the runner adds the summary report."""
+    from avalanche_promptmoe.logging.lifecycle import status_of
+
+    def finish(summary: dict[str, Any]) -> None:
+        if logger is not None:
+            logger.log_report(summary)
+
+    try:
+        yield finish
+    except BaseException as err:
+        if logger is not None:
+            logger.close(status=status_of(err))
+        raise
+    if logger is not None:
+        logger.close(status="FINISHED")
 
 
 class _ProgressLogger:

@@ -84,11 +84,11 @@ def test_kit_script_resume_and_mlflow(tmp_path):
     again = _script("tinyimagenet32", [*args, "--resume"])
     assert again["resumed_from"] == 2
     np.testing.assert_array_equal(np.array(again["accuracy_matrix"]), np.array(first["accuracy_matrix"]))
-    runs = _read_mlflow(uri, "tinyimagenet32")
-    assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 2
+    runs = _read_mlflow(uri, "tinyimagenet32")  # --resume continues the same MLflow run
+    assert {r.info.status for r in runs} == {"FINISHED"} and len(runs) == 1
     compare = runpy.run_path(str(EXP / "compare.py"), run_name="not_main")
     results = compare["main"](["--tracking-uri", uri, "--experiment", "tinyimagenet32", "--plot", str(tmp_path / "c.png")])
-    assert set(results) == {"hash"} and len(results["hash"]) == 2
+    assert set(results) == {"hash"} and len(results["hash"]) == 1
     assert results["hash"][0]["faa"] == pytest.approx(first["faa"])
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert runs[0].data.params["method.top_k"] == "2"  # resolved defaults are logged, not only the TOML
@@ -96,7 +96,7 @@ def test_kit_script_resume_and_mlflow(tmp_path):
     args[args.index("method.tap_epochs=1")] = "method.tap_epochs=2"
     _script("tinyimagenet32", [*args[:4], "--run-dir", str(tmp_path / "run2"), *args[6:]])
     results = compare["main"](["--tracking-uri", uri, "--experiment", "tinyimagenet32", "--plot", ""])
-    assert {k: len(v) for k, v in results.items()} == {"hash [method.tap_epochs=1]": 2, "hash [method.tap_epochs=2]": 1}
+    assert {k: len(v) for k, v in results.items()} == {"hash [method.tap_epochs=1]": 1, "hash [method.tap_epochs=2]": 1}
 
 
 def test_config_errors(tmp_path):

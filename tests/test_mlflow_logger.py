@@ -171,6 +171,7 @@ def test_unreachable_server_falls_back_to_local_store(tmp_path: Path, migrated_d
     start = time.perf_counter()
     with pytest.warns(MLflowFallbackWarning) as record:
         logger = MLflowLogger("unit", tracking_uri="http://127.0.0.1:9", fallback_dir=tmp_path)
+        assert logger.run_id is not None  # the run opens lazily, at the first need (here: its id)
     assert time.perf_counter() - start < 15.0
     assert sum(issubclass(w.category, MLflowFallbackWarning) for w in record) == 1
     assert logger.fell_back and logger.tracking_uri == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"

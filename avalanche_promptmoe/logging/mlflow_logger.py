@@ -13,11 +13,17 @@ Artifacts of a run: ``config.json`` (:meth:`MLflowLogger.log_config`), ``accurac
 and ``.png`` (the latest accuracy matrix of each name, overwritten at every evaluation),
 ``expert_usage/<name>.csv|.png``, ``tensors|figures|images/<name>/step_<x>.*`` for other
 non-scalar values, ``text/<name>.txt`` for strings, ``report.md`` and ``report.json`` at close.
+
+Run life (see :mod:`.lifecycle`): the run opens lazily, at the first thing to send (or when
+``run_id`` is read); it ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM), in the
+MLflow status and in ``report.json``. ``state_dict()`` / ``load_state_dict()`` travel in our
+strategies' checkpoints, so that ``resume_from`` continues the same run (steps continuing, wall
+time accumulated). When no store is writable, everything is dumped to a folder that
+``python -m avalanche_promptmoe.logging.replay <folder>`` sends to a store later.
 """
 
 from __future__ import annotations
 
-import atexit
 import csv
 import json
 import logging
@@ -25,7 +31,6 @@ import shutil
 import tempfile
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +44,15 @@ from mlflow.entities import Metric, Param, RunTag
 from PIL.Image import Image
 
 import avalanche_promptmoe
-from avalanche_promptmoe.logging.mlflow_store import Store, open_run, resolve_uri, slug
+from avalanche_promptmoe.logging import lifecycle, strategy_info
+from avalanche_promptmoe.logging.mlflow_store import (
+    STORE_ERRORS,
+    Store,
+    open_run,
+    reopen_run,
+    resolve_uri,
+    slug,
+)
 from avalanche_promptmoe.logging.run_info import (
     flatten_config,
     git_commit,
@@ -56,6 +69,8 @@ _METRICS_PER_BATCH = 500  # MLflow allows 1000 entities and 1 MB per log_batch r
 _PARAMS_PER_BATCH = 100  # MLflow's limit for params and for tags
 _MAX_PARAM_VALUE = 6000
 _SUMMARY_METRICS = ("FAA", "CAA", "FFM")
+_STATE_VERSION = 1
+_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
 class MLflowFallbackWarning(RuntimeWarning):
@@ -92,13 +107,6 @@ def _percent(value: float) -> str:
     return "" if np.isnan(value) else f"{100.0 * value:.2f}"
 
 
-def _close_at_exit(ref: weakref.ref[MLflowLogger]) -> None:
-    logger = ref()
-    if logger is not None and not logger.closed:
-        _log.warning("MLflowLogger.close() was not called; closing run %s at exit", logger.run_id)
-        logger.close()
-
-
 # ---------------------------------------------------------------------------------- logger
 class MLflowLogger(BaseLogger):
     """Avalanche logger that writes params, per-experience metrics and artifacts to MLflow.
@@ -111,8 +119,20 @@ class MLflowLogger(BaseLogger):
     overwritten with the latest one. Only a ``MlflowClient`` bound to the URI is used, so
     ``mlflow.set_tracking_uri`` and other loggers in the process are untouched.
 
-    Failure handling: an http(s) server that does not accept a TCP connection within 2 s, or any
-    store error while opening the run, gives one :class:`MLflowFallbackWarning` and the run goes to
+    Attached to one of our strategies it logs by itself (Python API and scripts alike): at
+    ``before_training`` the resolved settings (``method.*`` with every config field, ``strategy.*``,
+    ``backbone.*``; see :func:`~.strategy_info.describe_strategy`) and the benchmark's ``protocol``
+    (``protocol.*`` params and ``protocol.json``, from ``benchmark=`` or the stream's benchmark);
+    after each training experience the expert-usage heatmap (``strategy.expert_usage()``:
+    ``expert_usage/expert_usage_exp<k>.png|csv`` and the latest as ``expert_usage/expert_usage``);
+    after each evaluation that completes the accuracy matrix, ``final/<faa|caa|ffm|...>``,
+    ``final/trainable_params``, ``final/sample_weighted_stream_acc`` and ``final/wall_time_s``
+    (step = tasks trained; the last value is the run's result). With Avalanche's own strategies it
+    logs what they expose (class, batch sizes, epochs, optimizer and lr, plugins).
+
+    Failure handling: an http(s) server that does not accept a TCP connection within 2 s, or a
+    store error (:data:`~.mlflow_store.STORE_ERRORS`; other exceptions propagate) while opening the
+    run, gives one :class:`MLflowFallbackWarning` and the run goes to
     the local fallback store. A later failing call does the same: a new run is opened in the
     fallback store and everything logged so far (params, tags, metrics, artifacts) is replayed
     into it, so the fallback run is complete. (Later REST calls use MLflow's own retry settings,
@@ -131,6 +151,8 @@ class MLflowLogger(BaseLogger):
         tags: extra run tags.
         log_minibatch: also log minibatch (``*_MB``) and epoch-running (``*Running*``) metrics.
         fallback_dir: directory of the fallback SQLite store; default ``<cwd>/mlruns``.
+        benchmark: the benchmark, for its ``protocol`` record (optional: also found through the
+            experience's stream when the stream knows its benchmark).
 
     Raises:
         RuntimeError: constructed on a non-main distributed rank (``BaseLogger``).
@@ -146,6 +168,7 @@ class MLflowLogger(BaseLogger):
         tags: Mapping[str, Any] | None = None,
         log_minibatch: bool = False,
         fallback_dir: str | Path | None = None,
+        benchmark: Any = None,
     ) -> None:
         super().__init__()
         self.experiment_name = experiment_name
@@ -189,33 +212,56 @@ class MLflowLogger(BaseLogger):
         self._dirty_matrices: set[str] = set()
         self._reports: dict[str, tuple[str, Any]] = {}
 
+        # Run life: lazy start, resume of a checkpointed run, step offset, accumulated wall time.
         self._store: Store | None = None
-        try:
-            self._store = open_run(self._primary_uri, experiment_name, run_name)
-        except Exception as err:  # any store error: fall back, keep going
-            self._fall_back(err, "opening the run")
-        else:
-            self._sync()
-        atexit.register(_close_at_exit, weakref.ref(self))
+        self._started = False
+        self._resume: dict[str, Any] | None = None  # state to continue, until the run opens
+        self._remote_params: dict[str, str] = {}  # params the continued run already had
+        self._pending_step: int | None = None  # saved step, turned into an offset at the next hook
+        self._step_offset = 0
+        self._max_step = 0
+        self._wall_saved = 0.0
+        self._wall_t0 = time.perf_counter()
+        self._status: str | None = None
+        # What was read from the strategy.
+        self._benchmark = benchmark
+        self._strategy_logged = False
+        self._protocol_logged = False
+        self._context = ("", "")  # (method, benchmark) for figure titles
+        lifecycle.register(self)
 
     # ------------------------------------------------------------------ identity
     @property
     def run_id(self) -> str | None:
-        """Id of the run in the store in use (the fallback's after a fallback)."""
+        """Id of the run in the store in use (the fallback's after a fallback); opens the run."""
+        self._ensure_started()
         return None if self._store is None else self._store.run_id
 
     @property
     def experiment_id(self) -> str | None:
+        self._ensure_started()
         return None if self._store is None else self._store.experiment_id
 
     @property
     def tracking_uri(self) -> str:
         """URI of the store in use: the requested one, or the fallback's after a fallback."""
+        self._ensure_started()
         return self._store.uri if self._store is not None else self._fallback_uri
 
     @property
     def artifact_uri(self) -> str | None:
+        self._ensure_started()
         return None if self._store is None else self._store.artifact_uri
+
+    @property
+    def wall_time_s(self) -> float:
+        """Seconds since the logger was made, plus those of the runs it continues (resume)."""
+        return self._wall_saved + time.perf_counter() - self._wall_t0
+
+    @property
+    def status(self) -> str | None:
+        """FINISHED / FAILED / KILLED once closed, else None."""
+        return self._status
 
     @property
     def fell_back(self) -> bool:
@@ -232,8 +278,8 @@ class MLflowLogger(BaseLogger):
     def __enter__(self) -> MLflowLogger:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *exc: Any) -> None:
-        self.close(failed=exc_type is not None)
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self.close(status=lifecycle.status_of(exc))
 
     # ------------------------------------------------------------------ Avalanche interface
     def log_single_metric(self, name: str, value: Any, x_plot: int | None) -> None:
@@ -243,7 +289,8 @@ class MLflowLogger(BaseLogger):
             return
         if isinstance(value, AlternativeValues):
             value = value.best_supported_value(Figure, Image, TensorImage, torch.Tensor, float, int, str)
-        step = 0 if x_plot is None else int(x_plot)
+        step = (0 if x_plot is None else int(x_plot)) + self._step_offset
+        self._max_step = max(self._max_step, step)
         if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
             value = value.item()
         if isinstance(value, (bool, int, float, np.number, np.bool_)):
@@ -262,19 +309,50 @@ class MLflowLogger(BaseLogger):
             _log.debug("MLflowLogger: no handler for %s of type %s", name, type(value).__name__)
 
     def before_training(self, strategy: Any, metric_values: Any = None, **kwargs: Any) -> None:
-        """Logs the constructor's ``params`` (once) and the strategy's class and device as tags."""
+        """Logs the constructor's ``params`` (once), the strategy's resolved settings (once), the
+        settings changed on resume (``strategy.resume_overrides``) and class/device/method tags."""
+        self._settle_step_offset(strategy)
         self._log_init_params()
         self._tags.setdefault("strategy", type(strategy).__name__)
         self._tags.setdefault("device", str(getattr(strategy, "device", "unknown")))
+        self._tags.setdefault("method", strategy_info.method_label(strategy))
+        if not self._strategy_logged:
+            self._strategy_logged = True
+            self._add_params(flatten_config(strategy_info.describe_strategy(strategy)))
+        self._log_resume_overrides(strategy)
+        self._log_protocol(strategy)
+        self._context = (strategy_info.method_label(strategy), self._benchmark_name(strategy))
         self._sync()
 
+    def before_training_exp(self, strategy: Any, metric_values: Any = None, **kwargs: Any) -> None:
+        if not self._protocol_logged and self._log_protocol(strategy):
+            self._sync()
+
+    def before_eval(self, strategy: Any, metric_values: Any = None, **kwargs: Any) -> None:
+        self._settle_step_offset(strategy)
+
     def after_training_exp(self, strategy: Any, metric_values: Any = None, **kwargs: Any) -> None:
+        counts = strategy_info.expert_usage(strategy)
+        if counts is not None:
+            exp = getattr(getattr(strategy, "experience", None), "current_experience", None)
+            if not isinstance(exp, int):
+                exp = int(getattr(getattr(strategy, "clock", None), "train_exp_counter", 0))
+            label = self._title(strategy, f"expert usage after experience {exp}")
+            self.log_expert_usage(counts, f"expert_usage_exp{exp}", title=label)
+            self.log_expert_usage(counts, "expert_usage", title=label)
         self.flush()
 
     def after_training(self, strategy: Any, metric_values: Any = None, **kwargs: Any) -> None:
         self.flush()
 
     def after_eval(self, strategy: Any, metric_values: Any = None, **kwargs: Any) -> None:
+        found = strategy_info.final_metrics(strategy)
+        if found is not None:
+            values, tasks = found
+            values["wall_time_s"] = self.wall_time_s
+            for key, value in values.items():
+                self._log_scalar(f"final/{key}", value, tasks)
+        self._context = (strategy_info.method_label(strategy), self._benchmark_name(strategy))
         self.flush()
 
     # ------------------------------------------------------------------ public API
@@ -299,7 +377,12 @@ class MLflowLogger(BaseLogger):
         return flat
 
     def log_expert_usage(
-        self, counts: Any, name: str = "expert_usage", *, layers: Sequence[int | str] | None = None
+        self,
+        counts: Any,
+        name: str = "expert_usage",
+        *,
+        layers: Sequence[int | str] | None = None,
+        title: str | None = None,
     ) -> None:
         """Logs expert selection counts as a heatmap PNG and a CSV (layers × experts).
 
@@ -307,6 +390,7 @@ class MLflowLogger(BaseLogger):
             counts: ``(layers, heads, experts)`` (summed over heads) or ``(layers, experts)``.
             name: artifact base name under ``expert_usage/``.
             layers: row labels (prompted block indices); default ``0 .. layers-1``.
+            title: figure title (default ``name``).
 
         Raises:
             ValueError: ``counts`` is not 2-D or 3-D.
@@ -321,7 +405,7 @@ class MLflowLogger(BaseLogger):
         usage = raw.sum(axis=1) if raw.ndim == 3 else raw
         base = f"expert_usage/{slug(name)}"
         self._stage(f"{base}.csv", lambda p: _write_matrix_csv(p, usage, "layer", "expert_"))
-        self._stage(f"{base}.png", lambda p: plot_expert_usage(raw, layers=layers, path=p, title=name))
+        self._stage(f"{base}.png", lambda p: plot_expert_usage(raw, layers=layers, path=p, title=title or name))
         self._sync()
 
     def log_report(self, report: str | Mapping[str, Any], name: str = "report") -> None:
@@ -358,31 +442,133 @@ class MLflowLogger(BaseLogger):
         self._render_matrices()
         self._sync()
 
-    def close(self, failed: bool = False) -> None:
-        """Flushes, writes ``report.md``/``report.json`` and ends the run (FINISHED or FAILED).
+    def close(self, failed: bool = False, *, status: str | None = None) -> None:
+        """Flushes, writes ``report.md``/``report.json`` and ends the run.
+
+        Args:
+            failed: shorthand for ``status="FAILED"``.
+            status: ``"FINISHED"`` (default), ``"FAILED"`` or ``"KILLED"``; the same word goes to
+                MLflow and to ``report.json``.
 
         Idempotent: later calls do nothing.
+
+        Raises:
+            ValueError: an unknown ``status``.
         """
         if self._closed:
             return
+        status = status or ("FAILED" if failed else "FINISHED")
+        if status not in _STATUSES:
+            raise ValueError(f"status: expected one of {_STATUSES}, got {status!r}")
+        self._status = status
         self._log_init_params()
         self._render_matrices()
-        self._write_final_report(status="FAILED" if failed else "FINISHED")
+        self._write_final_report(status=status)
         self._sync()
         for _ in range(2):  # a failing primary hands over to the fallback, which ends its own run
             store = self._store
-            if store is None or self._guard(
-                "ending the run",
-                store.client.set_terminated,
-                store.run_id,
-                "FAILED" if failed else "FINISHED",
-            ):
+            if store is None or self._guard("ending the run", store.client.set_terminated, store.run_id, status):
                 break
         self._closed = True
         if self._store is None:
             self._dump_journal()
         else:
             shutil.rmtree(self._staging, ignore_errors=True)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """Where the run is and how far it got (sent to the store first): tracking URI, run id,
+        last metric step, accumulated wall time, latest scalars. Our strategies' checkpoints
+        include it, so that ``resume_from`` continues this run."""
+        self.flush()
+        return {
+            "version": _STATE_VERSION,
+            "tracking_uri": None if self._store is None else self._store.uri,
+            "run_id": None if self._store is None else self._store.run_id,
+            "experiment_name": self.experiment_name,
+            "step": int(self._max_step),
+            "wall_time_s": float(self.wall_time_s),
+            "last_scalars": {k: [float(v), int(s)] for k, (v, s) in self._last_scalars.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continues the run of ``state`` (from :meth:`state_dict`): the same MLflow run (status back
+        to RUNNING), metric steps continuing after its last one, wall time added up.
+
+        If this logger already opened a run of its own, that run is deleted (it holds only what
+        this logger logged, which is sent again to the continued run). If the saved run cannot be
+        reopened (another store, deleted), a new run is opened with a ``resumed_from_run_id`` tag.
+        """
+        if self._closed:
+            raise RuntimeError("MLflowLogger.load_state_dict: the logger is closed")
+        version = state.get("version")
+        if version != _STATE_VERSION:
+            raise ValueError(f"MLflowLogger state version {version!r} is not supported (expected {_STATE_VERSION})")
+        self._wall_saved = float(state["wall_time_s"])
+        self._wall_t0 = time.perf_counter()
+        self._pending_step = int(state["step"])
+        for key, (value, step) in dict(state.get("last_scalars", {})).items():
+            self._last_scalars.setdefault(key, (float(value), int(step)))
+        if not state.get("run_id"):
+            return
+        current = self._store
+        if current is not None and current.run_id == state["run_id"]:
+            return  # the same run, e.g. resume_from within one process
+        if current is not None:  # a run of our own was opened already: replace it by the saved one
+            try:
+                current.client.delete_run(current.run_id)
+            except STORE_ERRORS as err:
+                _log.warning("could not delete the superseded MLflow run %s: %s", current.run_id, err)
+            self._store = None
+            self._tags_sent, self._params_sent, self._metrics_sent, self._files_sent = {}, set(), 0, 0
+            self._artifacts_pending = set(self._artifacts)
+        self._started = False
+        self._resume = dict(state)
+        self._sync()
+
+    def _settle_step_offset(self, strategy: Any) -> None:
+        """After a resume, offsets Avalanche's restarted step counter so that steps continue."""
+        if self._pending_step is None:
+            return
+        clock = int(getattr(getattr(strategy, "clock", None), "train_iterations", 0) or 0)
+        self._step_offset = max(0, self._pending_step - clock)
+        self._max_step = max(self._max_step, self._pending_step)
+        self._pending_step = None
+
+    def _log_resume_overrides(self, strategy: Any) -> None:
+        overrides = getattr(strategy, "resume_overrides", None)
+        if not overrides:
+            return
+        for key, value in dict(overrides).items():
+            self._tags[sanitize_key(f"resume_override.{key}")] = str(value)[:_MAX_PARAM_VALUE]
+        self._add_params(flatten_config({"resume_override": {str(k): v for k, v in dict(overrides).items()}}))
+
+    def _log_protocol(self, strategy: Any) -> bool:
+        if self._protocol_logged:
+            return False
+        protocol = strategy_info.benchmark_protocol(strategy, self._benchmark)
+        if protocol is None:
+            return False
+        self._protocol_logged = True
+        scalars = {
+            k: v
+            for k, v in protocol.items()
+            if isinstance(v, (str, int, float, bool)) and len(str(v)) <= 250 and "transform" not in k
+        }
+        self._add_params(flatten_config({"protocol": scalars}))
+        if "benchmark" in protocol:
+            self._tags.setdefault("benchmark", str(protocol["benchmark"]))
+        text = json.dumps(protocol, indent=2, default=str)
+        self._stage("protocol.json", lambda p: p.write_text(text))
+        return True
+
+    def _benchmark_name(self, strategy: Any) -> str:
+        protocol = strategy_info.benchmark_protocol(strategy, self._benchmark) or {}
+        return str(protocol.get("benchmark") or self._tags.get("benchmark", ""))
+
+    def _title(self, strategy: Any, what: str) -> str:
+        parts = [strategy_info.method_label(strategy), self._benchmark_name(strategy), what]
+        return " · ".join(p for p in parts if p)
 
     # ------------------------------------------------------------------ internals: values
     def _log_scalar(self, name: str, value: float, step: int) -> None:
@@ -411,7 +597,9 @@ class MLflowLogger(BaseLogger):
             matrix, step = self._matrices[name]
             base = f"accuracy_matrix/{slug(name)}"
             self._stage(f"{base}.csv", lambda p, m=matrix: _write_matrix_csv(p, m, "after_task", "task_"))
-            title = f"{name}\nstep {step}; row t: after training task t"
+            what = f"accuracy after experience {matrix.shape[0] - 1}" if matrix.shape[0] else "accuracy"
+            head = " · ".join(p for p in (*self._context, what) if p)
+            title = f"{head}\nrow t: after training experience t ({name})"
             self._stage(f"{base}.png", lambda p, m=matrix, t=title: plot_accuracy_matrix(m, path=p, title=t))
         self._dirty_matrices.clear()
 
@@ -421,7 +609,8 @@ class MLflowLogger(BaseLogger):
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             write(path)
-        except Exception as err:  # a bad value or plot must not stop training
+        except (OSError, ValueError, TypeError, RuntimeError, AttributeError) as err:  # a bad value or plot
+            # must not stop training; anything else (a warning made an error by -W error) propagates
             _log.warning("MLflowLogger could not write artifact %s: %s", relative, err)
             return
         self._artifacts.add(relative)
@@ -496,20 +685,22 @@ class MLflowLogger(BaseLogger):
 
     # ------------------------------------------------------------------ internals: transport
     def _guard(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        """Calls ``fn``; on any error switches to the fallback store and returns False."""
+        """Calls ``fn``; on a store error switches to the fallback store and returns False."""
         try:
             fn(*args, **kwargs)
-        except Exception as err:
+        except STORE_ERRORS as err:
             self._fall_back(err, what)
             return False
         return True
 
     def _sync(self) -> bool:
         """Sends to the current store everything it has not received yet."""
+        self._ensure_started()
         store = self._store
         if store is None:
             return False
         client, run_id = store.client, store.run_id
+        self._settle_remote_params()
         tags = [RunTag(k, v) for k, v in self._tags.items() if self._tags_sent.get(k) != v]
         for chunk in _chunks(tags, _PARAMS_PER_BATCH):
             if not self._guard("logging tags", client.log_batch, run_id, tags=chunk, synchronous=True):
@@ -541,6 +732,46 @@ class MLflowLogger(BaseLogger):
             self._files_sent += 1
         return True
 
+    def _ensure_started(self) -> None:
+        """Opens the run (or reopens the one to continue) at the first need: lazy, so that a logger
+        made and then given a checkpoint's state never leaves an empty run behind."""
+        if self._started or self._closed:
+            return
+        self._started = True
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            uri = resume.get("tracking_uri")
+            if uri in (self._primary_uri, self._fallback_uri):
+                try:
+                    self._store, self._remote_params = reopen_run(uri, resume["run_id"])
+                    self._fell_back = self._fell_back or uri != self._primary_uri
+                    self._tags["resumed"] = "true"
+                    return
+                except STORE_ERRORS as err:
+                    reason = f"{type(err).__name__}: {err}"
+            else:
+                reason = f"it is in another store ({uri})"
+            _log.warning("MLflow run %s cannot be continued (%s); a new run is opened", resume["run_id"], reason)
+            self._tags["resumed_from_run_id"] = str(resume["run_id"])
+        try:
+            self._store = open_run(self._primary_uri, self.experiment_name, self._run_name)
+        except STORE_ERRORS as err:
+            self._fall_back(err, "opening the run")
+
+    def _settle_remote_params(self) -> None:
+        """A continued run keeps its params (MLflow params are immutable): equal ones count as sent,
+        changed ones are logged as ``resume_override.<key>`` tags instead (a warning names them)."""
+        for key, value in self._params.items():
+            if key in self._params_sent or key not in self._remote_params:
+                continue
+            self._params_sent.add(key)
+            if self._remote_params[key] != value:
+                _log.warning(
+                    "param %s of the continued run is %r; the resumed run uses %r (tag resume_override.%s)",
+                    key, self._remote_params[key], value, key,
+                )
+                self._tags[sanitize_key(f"resume_override.{key}")] = value
+
     def _fall_back(self, err: Exception, what: str) -> None:
         """Moves the run to the fallback store and replays the journal there (once)."""
         failed = self._store
@@ -570,9 +801,10 @@ class MLflowLogger(BaseLogger):
             self._tags["fallback_from_run_id"] = failed.run_id
         self._tags_sent, self._params_sent, self._metrics_sent, self._files_sent = {}, set(), 0, 0
         self._artifacts_pending = set(self._artifacts)
+        self._remote_params = {}
         try:
             self._store = open_run(self._fallback_uri, self.experiment_name, self._run_name)
-        except Exception as err2:
+        except STORE_ERRORS as err2:
             self._fall_back(err2, "opening the fallback run")
             return
         self._sync()
@@ -585,7 +817,14 @@ class MLflowLogger(BaseLogger):
         (self._staging / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (self._staging / "params.json").write_text(json.dumps(self._params, indent=2))
         (self._staging / "tags.json").write_text(json.dumps(self._tags, indent=2))
-        _log.error("no MLflow store accepted this run; its values are in %s", self._staging)
+        run = {"experiment_name": self.experiment_name, "run_name": self._run_name, "status": self._status}
+        (self._staging / "run.json").write_text(json.dumps(run, indent=2))
+        _log.error(
+            "no MLflow store accepted this run; its values are in %s — send them to a store later with: "
+            "python -m avalanche_promptmoe.logging.replay %s --tracking-uri <uri>",
+            self._staging,
+            self._staging,
+        )
 
 
 def _append(path: Path, text: str) -> None:

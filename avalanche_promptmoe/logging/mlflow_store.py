@@ -1,5 +1,10 @@
 """Where an MLflow run goes: tracking-URI resolution (local SQLite by default), a bounded
-reachability check for tracking servers, and opening a run (experiment created or restored)."""
+reachability check for tracking servers, opening a run (experiment created or restored) or
+reopening an existing one (resume), and the errors that count as "the store failed".
+
+A SQLite store is opened under an exclusive file lock (``<db>.lock`` next to the database), so
+that several processes starting at once on a fresh store do not race MLflow's schema migrations
+(which otherwise fail with ``duplicate column name``)."""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import contextlib
 import os
 import re
 import socket
+import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,6 +26,24 @@ from mlflow.tracking import MlflowClient
 
 DB_NAME = "mlflow.db"
 CONNECT_TIMEOUT_S = 2.0
+LOCK_TIMEOUT_S = 120.0
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [MlflowException, OSError, sqlite3.Error]
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        errors.append(SQLAlchemyError)
+    except ImportError:  # pragma: no cover - MLflow's SQL stores need SQLAlchemy
+        pass
+    return tuple(errors)
+
+
+#: What a failing tracking store raises: MLflow's own errors, I/O and network errors (``requests``'
+#: errors are ``OSError``), SQLite and SQLAlchemy errors. Anything else (a bug, a warning turned
+#: into an error by ``-W error``) propagates instead of moving the run to the fallback store.
+STORE_ERRORS: tuple[type[BaseException], ...] = _store_errors()
 
 
 def slug(name: str) -> str:
@@ -48,6 +73,46 @@ def store_root(uri: str) -> Path | None:
         return None
     db = uri[len("sqlite:///") :].split("?", 1)[0]
     return None if db in ("", ":memory:") else Path(db).resolve().parent
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = uri[len("sqlite:///") :].split("?", 1)[0]
+    return None if db in ("", ":memory:") else Path(db).resolve()
+
+
+@contextlib.contextmanager
+def store_lock(uri: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """An exclusive inter-process lock on a SQLite store (``<db>.lock``); a no-op for other stores.
+
+    Raises:
+        TimeoutError: the lock was not acquired within ``timeout_s`` (the file is named).
+    """
+    db = sqlite_path(uri)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no inter-process lock (start runs one at a time)
+        fcntl = None  # type: ignore[assignment]
+    if db is None or fcntl is None:
+        yield
+        return
+    lock = db.with_name(db.name + ".lock")
+    with open(lock, "a") as fh:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"MLflow store lock {lock} held for more than {timeout_s:.0f} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def check_reachable(uri: str) -> None:
@@ -97,7 +162,7 @@ def open_run(uri: str, experiment_name: str, run_name: str | None) -> Store:
         root.mkdir(parents=True, exist_ok=True)
     check_reachable(uri)
     http = urlsplit(uri).scheme in ("http", "https")
-    with bounded_http_requests() if http else contextlib.nullcontext():
+    with bounded_http_requests() if http else contextlib.nullcontext(), store_lock(uri):
         store = Store(uri)
         client = store.client
         experiment = client.get_experiment_by_name(experiment_name)
@@ -116,3 +181,22 @@ def open_run(uri: str, experiment_name: str, run_name: str | None) -> Store:
         run = client.create_run(store.experiment_id, run_name=run_name)
     store.run_id, store.artifact_uri = run.info.run_id, run.info.artifact_uri
     return store
+
+
+def reopen_run(uri: str, run_id: str) -> tuple[Store, dict[str, str]]:
+    """Reopens an existing run (status back to RUNNING) to continue it; returns the store and the
+    params the run already has. Raises whatever the store raises (``MlflowException`` when the run
+    does not exist), and ``MlflowException`` when the run was deleted."""
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        raise MlflowException(f"no MLflow store at {uri}; cannot continue run {run_id}")
+    check_reachable(uri)
+    http = urlsplit(uri).scheme in ("http", "https")
+    with bounded_http_requests() if http else contextlib.nullcontext(), store_lock(uri):
+        store = Store(uri)
+        run = store.client.get_run(run_id)
+        if run.info.lifecycle_stage == "deleted":
+            raise MlflowException(f"run {run_id} in {uri} was deleted; cannot continue it")
+        store.client.update_run(run_id, status="RUNNING")
+    store.experiment_id, store.run_id, store.artifact_uri = run.info.experiment_id, run_id, run.info.artifact_uri
+    return store, dict(run.data.params)

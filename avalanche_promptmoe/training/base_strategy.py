@@ -528,6 +528,9 @@ class PromptStrategyBase(SupervisedTemplate):
         for m in getattr(self.evaluator, "metrics", []):
             if hasattr(m, "state_dict") and hasattr(m, "load_state_dict"):
                 out["metric:" + type(m).__name__] = m
+        for lg in getattr(self.evaluator, "loggers", []):  # e.g. MLflowLogger: resume continues its run
+            if hasattr(lg, "state_dict") and hasattr(lg, "load_state_dict"):
+                out["logger:" + type(lg).__name__] = lg
         return out
 
     def state_dict_for_checkpoint(self) -> dict:
@@ -592,6 +595,13 @@ class PromptStrategyBase(SupervisedTemplate):
         self.generator.set_state(state["generator"])
         self.clock.train_exp_counter = self.trained_experiences
         return self.trained_experiences
+
+    def expert_usage(self) -> Tensor | None:
+        """Cumulative expert-selection counts ``(layers, heads, experts)`` (int64, CPU; heads = 1 when
+        routing is shared across heads), committed up to the last finished experience; ``None`` for
+        methods without sparse expert routing. Methods with routing override this; MLflowLogger
+        plots it after each experience."""
+        return None
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)

@@ -45,6 +45,12 @@ class HashPromptStrategy(HiDePhases, PromptStrategyBase):
         self.phase_scheduler = PhaseSchedulerPlugin(phases=cfg.phases)
         return [self.phase_scheduler, self.routing_history, GradientScalingPlugin(alpha=cfg.alpha)]
 
+    def expert_usage(self) -> Tensor:
+        """Hash's cumulative top-K selections ``(layers, 1, num_experts)`` (int64; one router shared by
+        the heads), committed at the end of each experience: the routing history behind the HDR
+        penalty and HGM. Same tensor as ``routing_history.usage.counts`` (a copy)."""
+        return self.routing_history.usage.counts.clone()
+
     def prepare_task(self, task_id: int) -> None:
         self.model.add_task(frequent=self.routing_history.usage.frequent()[:, 0])
 

@@ -44,6 +44,12 @@ class LayerGroupedPromptStrategy(HiDePhases, PromptStrategyBase):
         self.phase_scheduler = PhaseSchedulerPlugin(phases=self.cfg.phases)
         return [self.phase_scheduler]
 
+    def expert_usage(self) -> None:
+        """Always ``None``: HLGP has no sparse expert routing to count. Every input uses every group
+        adapter of the fused prompt; the only selection is Soft Task Matching, a soft weighting over
+        *tasks* (not experts), recomputed per input at inference and not accumulated."""
+        return None
+
     def prepare_task(self, task_id: int) -> None:
         self.model.add_task()
 

@@ -68,6 +68,13 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
         return [self.routing_history, self.phase_scheduler, self.prototype_loss]
 
     # ------------------------------------------------------------------ per-task hooks
+    def expert_usage(self) -> Tensor:
+        """SMoPE's cumulative top-K hits ``(layers, heads, num_experts)`` (int64) of the unpenalised
+        scores, counted by the eval-mode pass after each experience and committed at its end: what
+        decides the frequent (noised) and never-selected (excluded) experts. Same tensor as
+        ``routing_history.usage.counts`` (a copy)."""
+        return self.routing_history.usage.counts.clone()
+
     def prepare_task(self, task_id: int) -> None:
         self._end_dense_phase()  # also undoes a warm-up that an interrupted run left unfinished
         self._sync_usage(include_pending=False)
