@@ -35,6 +35,7 @@ from .checkpoint import capture_rng_state, load_checkpoint_file, restore_rng_sta
 from .config import MethodConfig, config_fields, replace_config
 from .distributed import all_reduce_grads_, barrier, is_distributed, is_main_process, rank, world_size
 from .schedules import build_lr_scheduler
+from .validation import check_strategy_arguments
 
 __all__ = ["PromptStrategyBase"]
 
@@ -123,8 +124,10 @@ class PromptStrategyBase(SupervisedTemplate):
 
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes: must be an int >= 2, got {num_classes!r}")
-        if train_mb_size < 1:
-            raise ValueError(f"train_mb_size: must be >= 1, got {train_mb_size}")
+        check_strategy_arguments(
+            train_mb_size=train_mb_size, eval_mb_size=eval_mb_size, train_epochs=train_epochs,
+            use_task_labels=use_task_labels, seed=seed,
+        )
         if evaluator is not None and loggers is not None:
             raise ValueError("evaluator, loggers: pass one of them, not both (loggers go into the evaluator)")
         method_keys = set(config_fields(self.config_cls))
