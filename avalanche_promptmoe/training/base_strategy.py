@@ -34,6 +34,7 @@ from ..engine import create_backbone, mask_logits
 from .checkpoint import capture_rng_state, load_checkpoint_file, restore_rng_state, save_checkpoint_file
 from .config import MethodConfig, config_fields, replace_config
 from .distributed import all_reduce_grads_, barrier, is_distributed, is_main_process, rank, world_size
+from .resume import check_checkpoint_payload, format_overrides, settings_overrides
 from .schedules import build_lr_scheduler
 from .validation import check_strategy_arguments
 
@@ -186,6 +187,7 @@ class PromptStrategyBase(SupervisedTemplate):
         self._scheduler_per_iteration = False
         self._pre_experience_state: dict | None = None
         self._nonfinite = torch.zeros((), dtype=torch.bool)
+        self.resume_overrides: dict[str, tuple[Any, Any]] = {}  # set by resume_from
         self.backbone_fingerprint = _fingerprint(self.model.vit.backbone)
 
     # ------------------------------------------------------------------ construction hooks
@@ -464,7 +466,8 @@ class PromptStrategyBase(SupervisedTemplate):
         raise FloatingPointError(
             f"non-finite training loss in experience {self.trained_experiences} "
             f"(epoch {self.clock.train_exp_epochs}); the state before this experience was saved to "
-            f"{path} — fix the cause (learning rate, data) and call resume_from({str(path)!r})"
+            f"{path} — fix the cause (learning rate, data; settings that do not shape the model may change) and "
+            f"call resume_from({str(path)!r}) on a strategy built with the fixed settings"
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -509,22 +512,39 @@ class PromptStrategyBase(SupervisedTemplate):
         return Path(path)
 
     def resume_from(self, path: str | Path) -> int:
-        """Restore a checkpoint; returns the index of the next experience to train."""
+        """Restore a checkpoint; returns the index of the next experience to train.
+
+        Everything is checked before any state changes: the file's digest, every key's presence and
+        type, the strategy class, ``num_classes``, the backbone's fingerprint, the structural settings
+        (the config's ``STRUCTURAL`` fields) and — on a copy of the model that shares the frozen
+        backbone — that the trainable state fits. Non-structural settings (learning rates, epochs,
+        optimizers, schedules...) may differ: they are logged as a warning and kept in
+        :attr:`resume_overrides` as ``{field: (checkpoint value, current value)}``.
+
+        Raises:
+            CheckpointError: the file is corrupt, of an old format, or incomplete.
+            ValueError: the checkpoint belongs to another strategy, ``num_classes``, backbone or
+                structural setting (listed), or its state does not fit the model.
+        """
         state = load_checkpoint_file(path)
-        if state.get("strategy") != type(self).__name__:
+        check_checkpoint_payload(state, path)
+        if state["strategy"] != type(self).__name__:
             raise ValueError(
-                f"checkpoint: {path} was written by {state.get('strategy')!r}, not {type(self).__name__}"
+                f"checkpoint: {path} was written by {state['strategy']!r}, not {type(self).__name__}"
             )
-        if state["config"] != self.cfg.to_dict() or state["num_classes"] != self.num_classes:
-            diff = {k: (v, self.cfg.to_dict().get(k)) for k, v in state["config"].items() if self.cfg.to_dict().get(k) != v}
-            raise ValueError(f"checkpoint: {path} was made with other settings {diff or 'num_classes'}")
+        if state["num_classes"] != self.num_classes:
+            raise ValueError(
+                f"checkpoint: {path} was made with num_classes={state['num_classes']}, this strategy has "
+                f"num_classes={self.num_classes}"
+            )
+        overrides = settings_overrides(state["config"], self.cfg, path)
         if state["backbone"]["fingerprint"] != self.backbone_fingerprint:
             raise ValueError(f"checkpoint: {path} was trained on another backbone (weights differ)")
+        self._check_model_state_fits(state, path)
+
+        # ---- nothing above mutated the strategy; restore
         self.model.grow_to(state["model_structure"])
-        missing, unexpected = self.model.load_state_dict(state["model_state"], strict=False)
-        missing = [k for k in missing if not k.startswith("vit.")]
-        if missing or unexpected:
-            raise ValueError(f"checkpoint: {path} does not fit the model (missing {missing}, unexpected {unexpected})")
+        self.model.load_state_dict(state["model_state"], strict=False)
         self.model.to(self.device)
         self.task_classes = [list(map(int, c)) for c in state["task_classes"]]
         self.class_to_task = {c: t for t, cs in enumerate(self.task_classes) for c in cs}
@@ -539,7 +559,30 @@ class PromptStrategyBase(SupervisedTemplate):
         restore_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
         self.clock.train_exp_counter = self.trained_experiences
+        self.resume_overrides = overrides
+        if overrides:
+            log.warning("resume_from(%s): settings differ from the checkpoint's, using the new ones: %s",
+                        path, format_overrides(overrides))
         return self.trained_experiences
+
+    def _check_model_state_fits(self, state: dict, path: str | Path) -> None:
+        """Dry run of ``grow_to`` + ``load_state_dict`` on a copy sharing the frozen backbone."""
+        import copy
+
+        memo: dict[int, Any] = {id(t): t for t in self.model.vit.backbone.state_dict(keep_vars=True).values()}
+        for module in self.model.modules():
+            for value in vars(module).values():
+                if isinstance(value, torch.Generator):
+                    memo[id(value)] = value
+        try:
+            trial = copy.deepcopy(self.model, memo)
+            trial.grow_to(state["model_structure"])
+            missing, unexpected = trial.load_state_dict(state["model_state"], strict=False)
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"checkpoint: {path} does not fit the model ({type(err).__name__}: {err})") from err
+        missing = [k for k in missing if not k.startswith("vit.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint: {path} does not fit the model (missing {missing}, unexpected {unexpected})")
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
