@@ -131,15 +131,19 @@ def test_structural_settings_are_refused_with_the_list(trained_ckpt):
 
 def test_nan_stop_advice_can_be_followed(bench, tmp_path):
     """A huge lr blows up; rebuilt with a sane lr, resume_from(the advised path) continues training."""
+    first = make(lr=0.01)
+    first.train(bench.train_stream[0], eval_streams=[])
+    after0 = first.save_checkpoint(tmp_path / "after0.pt")
     s = make(lr=1e30, checkpoint_dir=tmp_path)
-    s.train(bench.train_stream[0], eval_streams=[])  # experience 0 trains (Adam steps of 1e30 follow)
-    with pytest.raises(FloatingPointError) as err:
+    assert s.resume_from(after0) == 1
+    assert s.resume_overrides == {"lr": (0.01, 1e30)}
+    with pytest.raises(FloatingPointError) as err:  # Adam steps of 1e30 overflow within the experience
         s.train(bench.train_stream[1], eval_streams=[])
     path = tmp_path / "nan_stop_experience1.pt"
     assert f"resume_from({str(path)!r})" in str(err.value)
     fixed = make(lr=0.01, checkpoint_dir=tmp_path)
     assert fixed.resume_from(path) == 1
-    assert fixed.resume_overrides["lr"] == (1e30, 0.01)
+    assert fixed.resume_overrides == {"lr": (1e30, 0.01)}  # the NaN stop saved the huge lr's settings
     for exp in bench.train_stream[1:]:
         fixed.train(exp, eval_streams=[])
     assert fixed.trained_experiences == 3
