@@ -180,7 +180,10 @@ def create_backbone(
         if hub_file is None:
             log.warning("pretrained: could not locate the weight file timm loaded for %r; not verified", name)
         else:
-            _verify_weights(model, hub_file, None)
+            try:
+                _verify_weights(model, hub_file, None)
+            except BackboneError as err:
+                raise BackboneError(f"pretrained ({name!r} from the hub cache): {str(err).split(': ', 1)[1]}") from err
     model = model.float()  # local files may hold fp16 weights
     return freeze(model)
 
