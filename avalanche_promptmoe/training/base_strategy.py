@@ -36,6 +36,7 @@ from .config import MethodConfig, config_fields, replace_config
 from .distributed import all_reduce_grads_, barrier, is_distributed, is_main_process, rank, world_size
 from .resume import check_checkpoint_payload, format_overrides, settings_overrides
 from .schedules import build_lr_scheduler
+from .task_labels import TaskLabelMap
 from .validation import check_strategy_arguments
 
 __all__ = ["PromptStrategyBase"]
@@ -66,7 +67,9 @@ class PromptStrategyBase(SupervisedTemplate):
         evaluator: an Avalanche ``EvaluationPlugin``; or ``loggers`` for the default one (not both).
         seed: seeds Python, numpy and torch (after the benchmark is built) and the method's generator.
         checkpoint_dir: where a NaN stop writes its checkpoint.
-        use_task_labels: take the stream's task labels as an oracle task id at evaluation.
+        use_task_labels: take the stream's task labels as an oracle task id at evaluation; samples of
+            experiences not trained yet are evaluated as without task labels, and a stream without
+            task labels warns once (training/task_labels.py).
         config: a method config instance; plain keywords named after its fields override it.
         progress: show progress bars in the method's own phases.
         **kwargs: the method's config fields, and SupervisedTemplate keywords (``eval_every``, ...).
@@ -188,6 +191,7 @@ class PromptStrategyBase(SupervisedTemplate):
         self._pre_experience_state: dict | None = None
         self._nonfinite = torch.zeros((), dtype=torch.bool)
         self.resume_overrides: dict[str, tuple[Any, Any]] = {}  # set by resume_from
+        self.task_label_map = TaskLabelMap()  # stream task label -> task index (use_task_labels)
         self.backbone_fingerprint = _fingerprint(self.model.vit.backbone)
 
     # ------------------------------------------------------------------ construction hooks
@@ -347,14 +351,31 @@ class PromptStrategyBase(SupervisedTemplate):
 
     def forward(self) -> Tensor:
         x = self.mb_x
+        batch_labels = self.mb_task_id if len(self.mbatch) >= 3 else None
         with self._autocast():
             if self.is_training:
+                if self.use_task_labels:
+                    self.task_label_map.record(self.task_id, batch_labels, self.experience)
                 return self.train_logits(x).float()
             if not self.task_classes:  # periodic eval before the first experience
                 return self.model.head(self.model.vit(x)).float()
-            oracle = self.mb_task_id if self.use_task_labels and len(self.mbatch) >= 3 else None
-            logits = self.predict_logits(x, oracle).float()
+            logits = self._predict_with_task_labels(x, batch_labels)
         return mask_logits(logits, self._class_mask(self.seen_classes))
+
+    def _predict_with_task_labels(self, x: Tensor, batch_labels: Tensor | None) -> Tensor:
+        """``predict_logits`` with the oracle task ids of samples from trained experiences; the
+        other samples (experiences not trained yet, or a stream without task labels) are
+        evaluated as without task labels (training/task_labels.py)."""
+        if not self.use_task_labels:
+            return self.predict_logits(x, None).float()
+        ids, known = self.task_label_map.lookup(batch_labels)
+        if ids is None or not bool(known.any()):
+            return self.predict_logits(x, None).float()
+        if bool(known.all()):
+            return self.predict_logits(x, ids).float()
+        logits = self.predict_logits(x, None).float()
+        logits[known] = self.predict_logits(x[known], ids[known]).float()
+        return logits
 
     def criterion(self) -> Tensor:
         if not self.is_training:
@@ -499,6 +520,7 @@ class PromptStrategyBase(SupervisedTemplate):
             "plugins": {name: p.state_dict() for name, p in self._our_plugins().items()},
             "rng": capture_rng_state(),
             "generator": self.generator.get_state(),
+            "task_labels": self.task_label_map.state_dict(),
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:
@@ -559,6 +581,10 @@ class PromptStrategyBase(SupervisedTemplate):
         restore_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
         self.clock.train_exp_counter = self.trained_experiences
+        if "task_labels" in state:
+            self.task_label_map.load_state_dict(state["task_labels"])
+        else:  # older checkpoints: task label t was task t
+            self.task_label_map.load_state_dict({"label_to_task": {t: t for t in range(len(self.task_classes))}})
         self.resume_overrides = overrides
         if overrides:
             log.warning("resume_from(%s): settings differ from the checkpoint's, using the new ones: %s",
