@@ -117,6 +117,10 @@ def check_config_values(cfg: Any) -> None:
             continue
         value = getattr(cfg, f.name)
         problem = _problem(value, tp, positive=f.name in positive, signed=f.name in signed)
+        if problem is not None and typing.get_origin(tp) is Literal:
+            choices = [str(a) for a in typing.get_args(tp)]
+            listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+            raise ValueError(f"{f.name}: expected {listed}, got {value!r} ({cls.__name__})")
         if problem is not None:
             raise ValueError(
                 f"{f.name}: {problem}; got {value!r} ({cls.__name__} expects {_describe(tp)})"
