@@ -7,7 +7,15 @@ with three sections, each checked against what it configures:
 * ``[strategy]``  — ``PromptStrategyBase`` keywords (``backbone``, ``train_mb_size``, ...);
 * ``[method]``    — the method's config fields (``top_k``, ``delta``, ...).
 
-``--set section.key=value`` overrides one entry (TOML value syntax; an unknown key is an error).
+``--set section.key=value`` overrides one entry. The value is a TOML value (``3``, ``0.1``, ``true``,
+``[0, 1]``, ``{ depth = 2 }``, ``"text"``); a plain word or path without spaces or TOML punctuation
+(``none``, ``timm``, ``vit_base_patch16_224.augreg_in21k``, ``~/w/vit.npz``) may stay unquoted and is
+taken as a string. Anything else that is not valid TOML (``[0,``, ``.5``, ``1e``, ``True``) is refused
+at once with the key and the TOML error; an unknown key is an error. A config file that is not valid
+TOML is refused with its path and the line.
+
+Runs write to ``--run-dir`` (default ``runs/<benchmark>/<method>/seed<k>`` under the current working
+directory, never inside the source tree).
 """
 
 from __future__ import annotations
@@ -17,15 +25,20 @@ import inspect
 import json
 import logging
 import os
+import re
 import sys
 import time
 import tomllib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Avalanche imports qpsolvers (for its GEM plugin), which warns on import when no QP solver is installed;
+# no method here solves a QP (quadprog is not a dependency), so the scripts do not show that warning.
+warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = PROJECT_ROOT / "experiments" / "configs"
@@ -48,33 +61,77 @@ class BenchmarkSpec:
 
 
 def load_config(benchmark: str, method: str, path: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """Read ``experiments/configs/<benchmark>/<method>.toml`` (or ``path``)."""
+    """Read ``experiments/configs/<benchmark>/<method>.toml`` (or ``path``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid TOML (the message names the file and the line), an unknown section, or a
+            section that is not a table.
+    """
     path = Path(path) if path else CONFIG_ROOT / benchmark / f"{method}.toml"
     if not path.is_file():
         raise FileNotFoundError(f"config: {path} does not exist")
-    with open(path, "rb") as f:
-        cfg = tomllib.load(f)
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:  # its message ends with "(at line L, column C)"
+        raise ValueError(f"config {path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config {path}: not UTF-8 text ({exc})") from exc
     unknown = sorted(set(cfg) - {"benchmark", "strategy", "method"})
     if unknown:
         raise ValueError(f"config {path}: unknown sections {unknown}; expected benchmark, strategy, method")
+    not_tables = [s for s in ("benchmark", "strategy", "method") if not isinstance(cfg.get(s, {}), dict)]
+    if not_tables:
+        raise ValueError(f"config {path}: {not_tables} must be tables ([section] headers), not plain values")
     return {s: dict(cfg.get(s, {})) for s in ("benchmark", "strategy", "method")}
 
 
+#: An unquoted ``--set`` value taken as a string when it is not TOML: a word or path that starts with a
+#: letter, ``_``, ``~``, ``/`` or ``.`` (not ``.`` + digit) and holds no whitespace or TOML punctuation.
+_BARE_STRING = re.compile(r"(?![.][0-9])[A-Za-z_~/.][^\s\[\]{}\"'=,#]*")
+#: Python spellings that must not silently become (truthy) strings
+_PYTHONISMS = {"True": "true", "False": "false", "TRUE": "true", "FALSE": "false"}
+
+
+def parse_override_value(key: str, raw: str) -> Any:
+    """Parse the value of ``--set key=raw``: a TOML value, or a bare word / path kept as a string.
+
+    Raises:
+        ValueError: naming ``key``, with the TOML error, when ``raw`` is neither.
+    """
+    if raw in _PYTHONISMS:
+        raise ValueError(f"--set {key}={raw}: TOML booleans are lowercase; write {key}={_PYTHONISMS[raw]}")
+    if raw in ("None", "null"):
+        raise ValueError(f"--set {key}={raw}: TOML has no null; leave the key out of the config for its default")
+    try:
+        parsed = tomllib.loads(f"v = {raw}")
+    except tomllib.TOMLDecodeError as exc:
+        if _BARE_STRING.fullmatch(raw):
+            return raw
+        reason = re.sub(r"\(at line 1, column (\d+)\)", lambda m: f"(at character {int(m.group(1)) - 4})",
+                        str(exc)).replace("end of document", "end of the value")
+        raise ValueError(
+            f"--set {key}={raw}: not a TOML value ({reason}); write numbers as 3 or 0.1, booleans as true, "
+            f"lists as [0, 1], tables as {{ a = 1 }}, and text with spaces or punctuation in double quotes "
+            f"(--set '{key}=\"...\"')"
+        ) from None
+    if set(parsed) != {"v"}:
+        raise ValueError(f"--set {key}={raw!r}: one value expected, got several TOML lines")
+    return parsed["v"]
+
+
 def apply_overrides(cfg: dict[str, dict[str, Any]], overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Apply ``section.key=value`` overrides; the value is parsed as TOML (``3``, ``0.1``, ``[0, 1]``,
-    ``"text"``), falling back to a plain string."""
+    """Apply ``section.key=value`` overrides; the value is parsed by :func:`parse_override_value`
+    (TOML, or a bare word / path as a string; anything else is an error naming the key)."""
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ValueError(f"--set: expected section.key=value, got {item!r}")
-        key, raw = item.split("=", 1)
+        key, raw = (part.strip() for part in item.split("=", 1))
         section, name = key.split(".", 1)
         if section not in cfg:
             raise ValueError(f"--set: unknown section {section!r} in {item!r}; use benchmark, strategy or method")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        cfg[section][name] = value
+        cfg[section][name] = parse_override_value(key, raw)
     return cfg
 
 
@@ -97,11 +154,16 @@ def build_parser(spec: BenchmarkSpec, description: str) -> argparse.ArgumentPars
     p.add_argument("--data-root", help=f"dataset root for {spec.name} (see README)")
     p.add_argument("--checkpoint-path", help="local ViT weight file for the config's timm backbone")
     p.add_argument("--config", help="a TOML config instead of experiments/configs/<benchmark>/<method>.toml")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config entry")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config entry; VALUE is TOML (3, 0.1, true, [0, 1], \"text\") or a bare word/path")
     p.add_argument("--seed", type=int, default=None, help="seed of the run (class order and training)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--run-dir", help="checkpoints and outputs (default runs/<benchmark>/<method>/seed<k>)")
+    p.add_argument("--run-dir", help="checkpoints and outputs (default ./runs/<benchmark>/<method>/seed<k>, "
+                   "under the current directory)")
+    p.add_argument("--verify-data", action="store_true",
+                   help="decode every image file before training and list the bad ones (CUB-200, ImageNet-R; "
+                   "CIFAR-100: md5 check)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite:///mlruns/mlflow.db)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (default: the benchmark)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
@@ -123,7 +185,7 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
     seed = int(cfg["benchmark"].get("seed", 0))
     if args.checkpoint_path:
         cfg["strategy"]["checkpoint_path"] = args.checkpoint_path
-    run_dir = Path(args.run_dir or PROJECT_ROOT / "runs" / spec.name / args.method / f"seed{seed}")
+    run_dir = Path(args.run_dir or Path.cwd() / "runs" / spec.name / args.method / f"seed{seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
 
     main_process = init_distributed(args, seed)
@@ -135,6 +197,7 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
         if not args.data_root:
             raise SystemExit(f"--data-root is required for {spec.name} (see README: datasets)")
         bench_kwargs[spec.root_keyword] = args.data_root
+    bench_kwargs.update(data_check_kwargs(spec, args.verify_data))
     benchmark = spec.builder(**bench_kwargs)  # before seeding: Avalanche builders may touch RNGs
 
     strategy_kwargs = dict(cfg["strategy"])
@@ -171,6 +234,20 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
     log.info("%s on %s (seed %d): FAA %.4f  CAA %.4f  FFM %.4f  (%.0f s)", args.method, spec.name, seed,
              summary["faa"], summary["caa"], summary["ffm"], summary["wall_time_s"])
     return summary
+
+
+def data_check_kwargs(spec: BenchmarkSpec, verify: bool) -> dict[str, Any]:
+    """The builder keywords that ``--verify-data`` turns on: ``verify=True`` (decode every image) where
+    the builder has it, else ``check_integrity=True`` (CIFAR-100's md5); the kit is checksummed and
+    decoded in full when its cache is built, so it needs none."""
+    if not verify:
+        return {}
+    params = inspect.signature(spec.builder).parameters
+    for name in ("verify", "check_integrity"):
+        if name in params:
+            return {name: True}
+    log.info("--verify-data: %s has no per-file check (the kit is checksummed when its cache is built)", spec.name)
+    return {}
 
 
 def resolved_method_settings(strategy_cls: Any, method: dict[str, Any]) -> dict[str, Any]:

@@ -205,6 +205,8 @@ def test_dense_mode_is_a_training_mode_only():
 class Recorder(SupervisedPlugin):
     """Placed after the method's plugins: sees each step's state and each task's committed usage."""
 
+    checkpoint_stateless = True  # a test probe: nothing to carry over a resume
+
     def __init__(self) -> None:
         super().__init__()
         self.steps: list[dict] = []
@@ -272,6 +274,8 @@ def run():
         return real(*args, **kwargs)
 
     class ProtoCalls(SupervisedPlugin):
+        checkpoint_stateless = True  # a test probe
+
         def __init__(self) -> None:
             super().__init__()
             self.per_step: list[tuple[int, int]] = []

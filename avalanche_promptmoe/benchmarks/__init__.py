@@ -2,13 +2,13 @@
 CIFAR-100, CUB-200 and ImageNet-R. Avalanche and torchvision are imported inside the builders."""
 
 from avalanche_promptmoe.benchmarks.cifar100 import CIFAR100_URL, split_cifar100
-from avalanche_promptmoe.benchmarks.cub200 import (
-    CUB200_URL,
-    ImagePathsDataset,
-    load_cub200_lists,
-    split_cub200,
-)
+from avalanche_promptmoe.benchmarks.cub200 import CUB200_URL, load_cub200_lists, split_cub200
 from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
+from avalanche_promptmoe.benchmarks.image_files import (
+    CorruptImageError,
+    ImagePathsDataset,
+    verify_image_datasets,
+)
 from avalanche_promptmoe.benchmarks.imagenet_r import IMAGENET_R_URL, imagenet_r_split, split_imagenet_r
 from avalanche_promptmoe.benchmarks.tinyimagenet32 import (
     CACHE_ENV_VAR,
@@ -31,6 +31,7 @@ __all__ = [
     "CACHE_ENV_VAR",
     "CIFAR100_URL",
     "CUB200_URL",
+    "CorruptImageError",
     "DatasetNotFoundError",
     "IMAGENET_R_URL",
     "ImagePathsDataset",
@@ -54,4 +55,5 @@ __all__ = [
     "load_reference_backbone",
     "reference_transform",
     "split_tinyimagenet32",
+    "verify_image_datasets",
 ]

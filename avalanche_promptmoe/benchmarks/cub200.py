@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import Dataset
-
 from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
+from avalanche_promptmoe.benchmarks.image_files import ImagePathsDataset, verify_image_datasets
 from avalanche_promptmoe.benchmarks.transforms import (
     NormalizeSpec,
     _class_incremental,
@@ -34,50 +33,6 @@ CUB200_URL = "https://data.caltech.edu/records/65de6-vp158"
 _FOLDER = "CUB_200_2011"
 _META_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt")
 _N_CLASSES = 200
-
-
-class ImagePathsDataset(Dataset):
-    """A lazy image dataset: ``(PIL RGB image, label)`` read from ``root / paths[i]`` on access.
-
-    Picklable (plain strings and ints), so it works with multi-process DataLoaders. Exposes
-    ``.targets`` (list of int), as Avalanche's ``as_classification_dataset`` requires.
-
-    Args:
-        root: folder the relative paths are resolved against.
-        paths: relative (POSIX) paths of the images.
-        targets: one integer label per path.
-        transform: optional transform applied to the PIL image (Avalanche's transform groups are
-            usually used instead).
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        paths: Sequence[str],
-        targets: Sequence[int],
-        transform: Callable[[Any], Any] | None = None,
-    ):
-        if len(paths) != len(targets):
-            raise ValueError(f"{len(paths)} paths but {len(targets)} targets")
-        self.root = str(root)
-        self.paths = [str(p) for p in paths]
-        self.targets = [int(t) for t in targets]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        from PIL import Image
-
-        with Image.open(os.path.join(self.root, self.paths[index])) as im:
-            img = im.convert("RGB")
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.targets[index]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={self.root!r}, n={len(self)})"
 
 
 def _cub_help(where: Path) -> str:
@@ -187,6 +142,7 @@ def split_cub200(
     img_size: int = 224,
     train_transform: Callable[[Any], Any] | None = None,
     eval_transform: Callable[[Any], Any] | None = None,
+    verify: bool = False,
 ) -> Any:
     """Class-incremental Split CUB-200 on full (uncropped) images, official train/test split.
 
@@ -204,12 +160,15 @@ def split_cub200(
         img_size: output side (224 in the papers).
         train_transform: replaces the built train transform (PIL image -> tensor).
         eval_transform: replaces the built eval transform.
+        verify: decode every image once before returning (threads, progress bar) and raise
+            :class:`CorruptImageError` listing the bad files; without it a bad file is named when first read.
 
     Returns:
         An Avalanche ``CLScenario`` with ``train_stream`` / ``test_stream``, ``class_order`` and
         ``protocol`` (arguments, sizes, class names).
 
     Raises:
+        CorruptImageError: ``verify=True`` found files that cannot be decoded.
         DatasetNotFoundError: the dataset is missing or incomplete.
         ValueError: ``n_experiences`` is not a positive divisor of the class count.
     """
@@ -227,6 +186,8 @@ def split_cub200(
     test_ds = ImagePathsDataset(img_dir, *lists["test"])
     for ds in (train_ds, test_ds):
         ds.classes = lists["classes"]
+    if verify:
+        verify_image_datasets((train_ds, test_ds), "CUB-200")
     bm = _class_incremental(
         train_ds, test_ds, n_classes=n_classes, n_experiences=n_experiences, seed=seed,
         train_transform=tf_train, eval_transform=tf_eval, name="split_cub200", root=lists["base"],

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from avalanche_promptmoe.benchmarks.cub200 import ImagePathsDataset
 from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
+from avalanche_promptmoe.benchmarks.image_files import ImagePathsDataset, verify_image_datasets
 from avalanche_promptmoe.benchmarks.transforms import (
     NormalizeSpec,
     _class_incremental,
@@ -133,6 +133,7 @@ def split_imagenet_r(
     img_size: int = 224,
     train_transform: Callable[[Any], Any] | None = None,
     eval_transform: Callable[[Any], Any] | None = None,
+    verify: bool = False,
 ) -> Any:
     """Class-incremental Split ImageNet-R on the computed 80/20 split (:func:`imagenet_r_split`).
 
@@ -151,12 +152,15 @@ def split_imagenet_r(
         img_size: output side (224 in the papers).
         train_transform: replaces the built train transform (PIL image -> tensor).
         eval_transform: replaces the built eval transform.
+        verify: decode every image once before returning (threads, progress bar) and raise
+            :class:`CorruptImageError` listing the bad files; without it a bad file is named when first read.
 
     Returns:
         An Avalanche ``CLScenario`` with ``train_stream`` / ``test_stream``, ``class_order`` and
         ``protocol`` (arguments, sizes, ``wnids`` and ``split_sha256``).
 
     Raises:
+        CorruptImageError: ``verify=True`` found files that cannot be decoded.
         DatasetNotFoundError: the dataset is missing or a class folder is (nearly) empty.
         ValueError: ``n_experiences`` is not a positive divisor of the class count.
     """
@@ -175,6 +179,8 @@ def split_imagenet_r(
     test_ds = ImagePathsDataset(base, test, [label_of[p.split("/", 1)[0]] for p in test])
     for ds in (train_ds, test_ds):
         ds.classes = list(wnids)
+    if verify:
+        verify_image_datasets((train_ds, test_ds), "ImageNet-R")
     bm = _class_incremental(
         train_ds, test_ds, n_classes=n_classes, n_experiences=n_experiences, seed=seed,
         train_transform=tf_train, eval_transform=tf_eval, name="split_imagenet_r", root=base,

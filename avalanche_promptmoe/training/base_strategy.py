@@ -6,11 +6,16 @@ What it adds to Avalanche's loop:
   model, with the method's own settings (a frozen config dataclass, the papers' defaults) accepted
   as plain keywords and listed in the signature;
 * a fresh optimizer per experience over the trainable parameters only (prompt and head groups);
-* cross-entropy masked to the current experience's classes in training, logits masked to the
-  classes seen so far at evaluation (−1e4, never −inf); bf16 autocast on CUDA;
+* cross-entropy masked to the current experience's classes in training, widened to the classes a
+  mini-batch holds (rehearsal plugins: :func:`~.losses.training_class_mask`), logits masked to the
+  classes seen so far at evaluation (−1e4, never −inf); ``mb_output`` is the masked logits in both
+  (stock accuracy metrics score them, ``mb_logits`` keeps the unmasked ones); the evaluation loss
+  admits the batch's own classes too (finite, comparable stock loss metrics); bf16 autocast on CUDA;
+* bring-your-own optimizer / scheduler / criterion as factories (:mod:`.optim`);
 * checks on each experience (class ids in range, not empty), an error for ``eval()`` before any
   training, and a NaN stop that writes a checkpoint of the state before the failing experience;
-* exact resume: ``save_checkpoint(path)`` / ``resume_from(path)`` in our own weights-only format.
+* exact resume: ``save_checkpoint(path)`` / ``resume_from(path)`` in our own weights-only format, with
+  every attached plugin's state kept or refused (:mod:`.plugin_state`).
 
 Subclasses implement :meth:`build_model`, :meth:`train_logits`, :meth:`predict_logits` and may hook
 :meth:`prepare_task`, :meth:`finish_task`, :meth:`aux_loss` and the ``method_state`` pair.
@@ -26,7 +31,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor, nn
 
@@ -34,6 +38,17 @@ from ..engine import create_backbone, mask_logits
 from .checkpoint import capture_rng_state, load_checkpoint_file, restore_rng_state, save_checkpoint_file
 from .config import MethodConfig, config_fields, replace_config
 from .distributed import all_reduce_grads_, barrier, is_distributed, is_main_process, rank, world_size
+from .experience import experience_classes
+from .losses import training_class_mask
+from .optim import (
+    build_optimizer,
+    build_user_scheduler,
+    check_plugins_for_optimizer,
+    check_scheduler_keywords,
+    describe_overrides,
+    split_optimizer_keyword,
+)
+from .plugin_state import checkpoint_plugins
 from .resume import check_checkpoint_payload, format_overrides, settings_overrides
 from .schedules import build_lr_scheduler
 from .task_labels import TaskLabelMap
@@ -72,6 +87,15 @@ class PromptStrategyBase(SupervisedTemplate):
             task labels warns once (training/task_labels.py).
         config: a method config instance; plain keywords named after its fields override it.
         progress: show progress bars in the method's own phases.
+        optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (the config field) or a factory
+            ``params -> torch.optim.Optimizer`` called at every experience on the trainable parameter
+            groups, each with its own ``lr`` (training/optim.py).
+        lr_scheduler: a factory ``optimizer -> scheduler`` called at every experience, stepped per
+            ``lr_scheduler_interval`` (``"epoch"`` or ``"iteration"``); needs ``lr_schedule="constant"``.
+        criterion: ``(logits, targets) -> loss``; it gets logits masked to −1e4 outside the admitted
+            classes (training: ``mb_output``; evaluation: the seen classes ∪ the batch's own), so it
+            should ignore those (a plain or weighted CE does; label smoothing would not).
+            Default: ``nn.CrossEntropyLoss()``.
         **kwargs: the method's config fields, and SupervisedTemplate keywords (``eval_every``, ...).
     """
 
@@ -122,6 +146,9 @@ class PromptStrategyBase(SupervisedTemplate):
         use_task_labels: bool = False,
         config: MethodConfig | None = None,
         progress: bool = True,
+        lr_scheduler: Any = None,
+        lr_scheduler_interval: str = "epoch",
+        criterion: Any = None,
         **kwargs: Any,
     ) -> None:
         from avalanche.training.determinism.rng_manager import RNGManager
@@ -134,12 +161,22 @@ class PromptStrategyBase(SupervisedTemplate):
         )
         if evaluator is not None and loggers is not None:
             raise ValueError("evaluator, loggers: pass one of them, not both (loggers go into the evaluator)")
+        self._optimizer_factory = split_optimizer_keyword(kwargs)
         method_keys = set(config_fields(self.config_cls))
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in method_keys}
         cfg = config if config is not None else self.config_cls()
         if not isinstance(cfg, self.config_cls):
             raise ValueError(f"config: expected a {self.config_cls.__name__}, got {type(cfg).__name__}")
         self.cfg = replace_config(cfg, overrides)
+        check_scheduler_keywords(lr_scheduler, lr_scheduler_interval, self.cfg.lr_schedule)
+        check_plugins_for_optimizer(plugins or [])
+        if criterion is not None and not callable(criterion):
+            raise TypeError(f"criterion: expected a callable (logits, targets) -> loss, got {criterion!r}")
+        self._lr_scheduler_factory = lr_scheduler
+        self._lr_scheduler_interval = lr_scheduler_interval
+        # what the user replaced (the config's optimizer / lr_schedule do not apply to it), for run logs
+        self.training_overrides = describe_overrides(self._optimizer_factory, lr_scheduler, lr_scheduler_interval,
+                                                     criterion)
         self.num_classes = num_classes
         self.seed = int(seed)
         self.use_task_labels = use_task_labels
@@ -172,7 +209,7 @@ class PromptStrategyBase(SupervisedTemplate):
         super().__init__(
             model=model,
             optimizer=placeholder,
-            criterion=nn.CrossEntropyLoss(),
+            criterion=criterion if criterion is not None else nn.CrossEntropyLoss(),
             train_mb_size=train_mb_size,
             train_epochs=train_epochs or self.cfg.epochs,
             eval_mb_size=eval_mb_size,
@@ -192,6 +229,7 @@ class PromptStrategyBase(SupervisedTemplate):
         self._nonfinite = torch.zeros((), dtype=torch.bool)
         self.resume_overrides: dict[str, tuple[Any, Any]] = {}  # set by resume_from
         self.task_label_map = TaskLabelMap()  # stream task label -> task index (use_task_labels)
+        self.mb_logits: Tensor | None = None  # unmasked logits of the last forward
         self.backbone_fingerprint = _fingerprint(self.model.vit.backbone)
 
     # ------------------------------------------------------------------ construction hooks
@@ -291,7 +329,7 @@ class PromptStrategyBase(SupervisedTemplate):
     def _before_training_exp(self, **kwargs: Any) -> None:
         self._check_experience(self.experience)
         self._pre_experience_state = self.state_dict_for_checkpoint()
-        classes = sorted(int(c) for c in self.experience.classes_in_this_experience)
+        classes = experience_classes(self.experience)
         task = len(self.task_classes)
         self.task_classes.append(classes)
         for c in classes:
@@ -329,13 +367,12 @@ class PromptStrategyBase(SupervisedTemplate):
         if not groups:
             raise RuntimeError(f"{type(self).__name__}: the model has no trainable parameters")
         cfg = self.cfg
-        if cfg.optimizer == "adam":
-            opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "adamw":
-            opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        opt = build_optimizer(groups, cfg, self._optimizer_factory)
         self.optimizer = opt
+        if self._lr_scheduler_factory is not None:  # the user's scheduler replaces lr_schedule
+            self._scheduler = build_user_scheduler(self._lr_scheduler_factory, opt)
+            self._scheduler_per_iteration = self._lr_scheduler_interval == "iteration"
+            return
         self._scheduler, self._scheduler_per_iteration = build_lr_scheduler(
             opt, cfg.lr_schedule, epochs=self.schedule_epochs(),
             iters_per_epoch=len(self.dataloader) if cfg.lr_schedule == "cosine_iter" else None,
@@ -356,10 +393,13 @@ class PromptStrategyBase(SupervisedTemplate):
             if self.is_training:
                 if self.use_task_labels:
                     self.task_label_map.record(self.task_id, batch_labels, self.experience)
-                return self.train_logits(x).float()
+                self.mb_logits = self.train_logits(x).float()
+                return mask_logits(self.mb_logits, self._train_mask())
             if not self.task_classes:  # periodic eval before the first experience
-                return self.model.head(self.model.vit(x)).float()
+                self.mb_logits = self.model.head(self.model.vit(x)).float()
+                return self.mb_logits
             logits = self._predict_with_task_labels(x, batch_labels)
+        self.mb_logits = logits
         return mask_logits(logits, self._class_mask(self.seen_classes))
 
     def _predict_with_task_labels(self, x: Tensor, batch_labels: Tensor | None) -> Tensor:
@@ -377,11 +417,28 @@ class PromptStrategyBase(SupervisedTemplate):
         logits[known] = self.predict_logits(x[known], ids[known]).float()
         return logits
 
+    def _train_mask(self) -> Tensor:
+        """Bool ``(C,)``: :meth:`train_mask_classes` ∪ the mini-batch's classes (rehearsal), ∪ all seen
+        classes when a plugin reads old-class logits (LwF); see :func:`.losses.training_class_mask`."""
+        from avalanche.training.plugins import LwFPlugin
+
+        seen = self._class_mask(self.seen_classes) if any(isinstance(p, LwFPlugin) for p in self.plugins) else None
+        return training_class_mask(self._class_mask(self.train_mask_classes()), self.mb_y, seen)
+
     def criterion(self) -> Tensor:
+        """Training: the criterion on the masked logits (``mb_output``) + :meth:`aux_loss`.
+
+        Evaluation: the criterion on the logits masked to the seen classes ∪ the mini-batch's own
+        classes (the training rule), so the −1e4 of the prediction mask never reaches the loss: on a
+        trained experience it is the loss over the seen classes (as before), on one not trained yet
+        a finite loss (stock ``loss_metrics`` stay comparable). Predictions (``mb_output``) keep the
+        seen-class mask."""
         if not self.is_training:
-            return F.cross_entropy(self.mb_output, self.mb_y)
-        logits = mask_logits(self.mb_output, self._class_mask(self.train_mask_classes()))
-        loss = F.cross_entropy(logits, self.mb_y)
+            if self.mb_logits is None or not self.task_classes:
+                return self._criterion(self.mb_output, self.mb_y)
+            allowed = training_class_mask(self._class_mask(self.seen_classes), self.mb_y)
+            return self._criterion(mask_logits(self.mb_logits, allowed), self.mb_y)
+        loss = self._criterion(self.mb_output, self.mb_y)
         extra = self.aux_loss()
         return loss if extra is None else loss + extra
 
@@ -458,7 +515,7 @@ class PromptStrategyBase(SupervisedTemplate):
         return mask
 
     def _check_experience(self, experience: Any) -> None:
-        classes = [int(c) for c in experience.classes_in_this_experience]
+        classes = experience_classes(experience)
         if len(experience.dataset) == 0 or not classes:
             raise ValueError(f"experience {experience.current_experience}: it is empty (no samples)")
         bad = [c for c in classes if not 0 <= c < self.num_classes]
@@ -493,10 +550,8 @@ class PromptStrategyBase(SupervisedTemplate):
 
     # ------------------------------------------------------------------ checkpoints
     def _our_plugins(self) -> dict[str, Any]:
-        out = {}
-        for p in self.plugins:
-            if hasattr(p, "state_dict") and hasattr(p, "load_state_dict") and not isinstance(p, nn.Module):
-                out[type(p).__name__] = p
+        # plugins whose state a checkpoint keeps; unknown stateful ones refused outside train()
+        out = checkpoint_plugins(self.plugins, strict=not self._in_train_call)
         for m in getattr(self.evaluator, "metrics", []):
             if hasattr(m, "state_dict") and hasattr(m, "load_state_dict"):
                 out["metric:" + type(m).__name__] = m
@@ -563,6 +618,7 @@ class PromptStrategyBase(SupervisedTemplate):
         if state["backbone"]["fingerprint"] != self.backbone_fingerprint:
             raise ValueError(f"checkpoint: {path} was trained on another backbone (weights differ)")
         self._check_model_state_fits(state, path)
+        ours = self._our_plugins()
 
         # ---- nothing above mutated the strategy; restore
         self.model.grow_to(state["model_structure"])
@@ -572,7 +628,6 @@ class PromptStrategyBase(SupervisedTemplate):
         self.class_to_task = {c: t for t, cs in enumerate(self.task_classes) for c in cs}
         self.trained_experiences = int(state["trained_experiences"])
         self.load_method_state_dict(state["method_state"])
-        ours = self._our_plugins()
         for name, pstate in state["plugins"].items():
             if name in ours:
                 ours[name].load_state_dict(pstate)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["prototype_loss", "router_margin_loss"]
+__all__ = ["prototype_loss", "router_margin_loss", "training_class_mask"]
 
 
 def prototype_loss(
@@ -63,3 +63,26 @@ def router_margin_loss(scores: Tensor, indices: Tensor, epsilon: float) -> Tenso
     logits = (scores + epsilon * spread * (~selected).to(scores.dtype)).reshape(-1, E)
     targets = indices.reshape(-1, indices.shape[-1])
     return torch.stack([F.cross_entropy(logits, targets[:, k]) for k in range(targets.shape[1])]).mean()
+
+
+def training_class_mask(base: Tensor, targets: Tensor, seen: Tensor | None = None) -> Tensor:
+    """Bool ``(C,)`` mask of the classes the training CE admits for one mini-batch (DECISIONS.md §C2,
+    widened for rehearsal).
+
+    ``base`` (the method's :meth:`train_mask_classes`: the current experience's classes; ``joint``:
+    all seen) plus every class present in ``targets``: a rehearsal plugin (Avalanche's
+    ``ReplayPlugin``...) mixes old-class samples into the batch, and their own logits must compete,
+    or their loss is ~1e4. Without rehearsal the batch holds only ``base`` classes, so this is
+    exactly the per-experience mask. ``seen`` (optional bool ``(C,)``) is added too: old classes kept
+    unmasked for plugins that read old-class logits (LwF's distillation). Computed on the device
+    (no host sync per step).
+
+    Args:
+        base: bool ``(C,)``; targets: class ids ``(B,)`` (other shapes add nothing); seen: bool ``(C,)``.
+    """
+    mask = base.clone()
+    if targets.ndim == 1 and targets.numel():
+        mask[targets.to(mask.device).long()] = True
+    if seen is not None:
+        mask |= seen.to(mask.device)
+    return mask

@@ -39,3 +39,9 @@ class GradientScalingPlugin(SupervisedPlugin, supports_distributed=True):
 
     def load_state_dict(self, state: dict) -> None:
         self.alpha = float(state["alpha"])
+
+    def before_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Check the model's interface (:class:`~..protocols.ExpertGradModel`) before any step."""
+        from ..protocols import ExpertGradModel, require
+
+        require(self, strategy.model, [ExpertGradModel])

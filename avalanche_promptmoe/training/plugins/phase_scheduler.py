@@ -53,3 +53,10 @@ class PhaseSchedulerPlugin(SupervisedPlugin, supports_distributed=False):
     def load_state_dict(self, state: dict) -> None:
         self.phases = tuple(state["phases"])
         self.completed = [list(c) for c in state["completed"]]
+
+    def before_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Check the strategy has the enabled phases (:mod:`..protocols`) before any step."""
+        from ..protocols import TAPPhaseStrategy, TIIPhaseStrategy, require
+
+        needed = [p for name, p in (("tii", TIIPhaseStrategy), ("tap", TAPPhaseStrategy)) if name in self.phases]
+        require(self, strategy, needed, role="strategy")

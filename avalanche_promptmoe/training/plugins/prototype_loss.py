@@ -61,3 +61,9 @@ class PrototypeLossPlugin(SupervisedPlugin, supports_distributed=True):
         self.reduction = str(state.get("reduction", "sum"))
         self.old_keys, self.old_frequent = state["old_keys"], state["old_frequent"]
         self.applied_steps = int(state.get("applied_steps", 0))
+
+    def before_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Check the model's interface (:class:`~..protocols.PrototypeModel`) before any step."""
+        from ..protocols import PrototypeModel, require
+
+        require(self, strategy.model, [PrototypeModel])

@@ -50,3 +50,10 @@ class RoutingHistoryPlugin(SupervisedPlugin, supports_distributed=True):
     def load_state_dict(self, state: dict) -> None:
         self.usage.load_state_dict(state["usage"])
         self.record_training = bool(state["record_training"])
+
+    def before_training(self, strategy: Any, **kwargs: Any) -> None:
+        """Check the model's interface (:class:`~..protocols.RoutingRecordModel`) before any step."""
+        from ..protocols import RoutingRecordModel, require
+
+        if self.record_training:
+            require(self, strategy.model, [RoutingRecordModel])
