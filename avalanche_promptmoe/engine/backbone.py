@@ -7,17 +7,20 @@ call fails at once with one error that says to pass ``checkpoint_path=``.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from .weights import BackboneError, read_weight_file, verify_loaded_weights, verify_npz_weights
+
 __all__ = ["BackboneError", "create_backbone", "freeze", "is_vision_transformer"]
 
+log = logging.getLogger(__name__)
 
-class BackboneError(ValueError):
-    """A backbone could not be built or is not a supported timm ViT."""
+
 
 
 def is_vision_transformer(model: nn.Module) -> bool:
@@ -59,6 +62,33 @@ def _weights_cached(name: str) -> bool:
     )
 
 
+def _cached_hub_file(name: str) -> Path | None:
+    """The locally cached weight file timm's hub route reads for ``name`` (None when unknown)."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+        from huggingface_hub import try_to_load_from_cache
+    except Exception:  # noqa: BLE001 - no cfg or no huggingface_hub: nothing to locate
+        return None
+    if cfg is None or not getattr(cfg, "hf_hub_id", None):
+        return None
+    for filename in [getattr(cfg, "hf_hub_filename", None), "model.safetensors", "pytorch_model.bin"]:
+        if filename:
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str):
+                return Path(found)
+    return None
+
+
+def _verify_weights(model: nn.Module, path: Path, state: dict | None) -> None:
+    state = read_weight_file(path) if state is None else state
+    if path.suffix == ".npz":
+        verify_npz_weights(model, state, path)
+    else:
+        verify_loaded_weights(model, state, path)
+
+
 def create_backbone(
     name_or_model: str | nn.Module,
     *,
@@ -79,9 +109,15 @@ def create_backbone(
         **timm_kwargs: passed to ``timm.create_model`` (``img_size``, ``patch_size``, ...).
             ``num_classes`` defaults to 0, so the model returns pooled pre-logit features.
 
+    Weights load strictly (engine/weights.py): after timm loaded a file (or its hub weights), every
+    backbone tensor of the model must equal the file's (head / pre-logits keys excepted), and the
+    depth, width and patch the file implies must be the model's.
+
     Raises:
-        BackboneError: not a ViT, an unknown name, a missing ``checkpoint_path``, or pretrained
-            weights that are neither cached nor downloadable offline.
+        BackboneError: not a ViT, an unknown name, a missing ``checkpoint_path``, pretrained
+            weights that are neither cached nor downloadable offline, a file that is not a
+            checkpoint ("not a PyTorch checkpoint"), or weights that do not fit the model (missing /
+            unexpected / mismatched keys listed with counts, or another depth / width / patch).
     """
     if isinstance(name_or_model, nn.Module):
         if checkpoint_path is not None or pretrained or timm_kwargs:
@@ -110,6 +146,7 @@ def create_backbone(
                 f"checkpoint_path: weight file {str(path)!r} does not exist; pass the path of a local "
                 f"timm/PyTorch state dict for {name!r}"
             )
+        file_state = read_weight_file(path)  # "not a PyTorch checkpoint" before timm sees it
         overlay = dict(timm_kwargs.pop("pretrained_cfg_overlay", None) or {})
         overlay.update(file=str(path), custom_load=path.suffix == ".npz")
         pretrained = True
@@ -121,13 +158,32 @@ def create_backbone(
         )
     try:
         model = timm.create_model(name, pretrained=pretrained, **timm_kwargs)
-    except RuntimeError as err:  # timm raises RuntimeError for unknown names
+    except (RuntimeError, KeyError, ValueError) as err:  # unknown names; size mismatches while loading
+        if checkpoint_path is not None:  # explain a file that does not fit, key by key
+            plain = {k: v for k, v in timm_kwargs.items() if k != "pretrained_cfg_overlay"}
+            try:
+                probe = timm.create_model(name, pretrained=False, **plain)
+            except Exception:  # noqa: BLE001 - the name itself is the problem: reported below
+                probe = None
+            if probe is not None and is_vision_transformer(probe):
+                _verify_weights(probe, path, file_state if path.suffix != ".npz" else None)
         raise BackboneError(f"backbone: timm could not build {name!r}: {err}") from err
     except (OSError, ConnectionError) as err:
         hint = "pass checkpoint_path=<local weight file>" if checkpoint_path is None else "check the file"
         raise BackboneError(f"pretrained: could not load weights for {name!r} ({err}); {hint}") from err
     if not is_vision_transformer(model):
         raise BackboneError(f"backbone: {name!r} is a {type(model).__name__}, not a timm VisionTransformer")
+    if checkpoint_path is not None:
+        _verify_weights(model, path, file_state)
+    elif pretrained:
+        hub_file = _cached_hub_file(name)
+        if hub_file is None:
+            log.warning("pretrained: could not locate the weight file timm loaded for %r; not verified", name)
+        else:
+            try:
+                _verify_weights(model, hub_file, None)
+            except BackboneError as err:
+                raise BackboneError(f"pretrained ({name!r} from the hub cache): {str(err).split(': ', 1)[1]}") from err
     model = model.float()  # local files may hold fp16 weights
     return freeze(model)
 

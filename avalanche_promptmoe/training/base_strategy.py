@@ -49,7 +49,10 @@ from .optim import (
     split_optimizer_keyword,
 )
 from .plugin_state import checkpoint_plugins
+from .resume import check_checkpoint_payload, format_overrides, settings_overrides
 from .schedules import build_lr_scheduler
+from .task_labels import TaskLabelMap
+from .validation import check_strategy_arguments
 
 __all__ = ["PromptStrategyBase"]
 
@@ -79,7 +82,9 @@ class PromptStrategyBase(SupervisedTemplate):
         evaluator: an Avalanche ``EvaluationPlugin``; or ``loggers`` for the default one (not both).
         seed: seeds Python, numpy and torch (after the benchmark is built) and the method's generator.
         checkpoint_dir: where a NaN stop writes its checkpoint.
-        use_task_labels: take the stream's task labels as an oracle task id at evaluation.
+        use_task_labels: take the stream's task labels as an oracle task id at evaluation; samples of
+            experiences not trained yet are evaluated as without task labels, and a stream without
+            task labels warns once (training/task_labels.py).
         config: a method config instance; plain keywords named after its fields override it.
         progress: show progress bars in the method's own phases.
         optimizer: ``"adam"``, ``"adamw"``, ``"sgd"`` (the config field) or a factory
@@ -150,8 +155,10 @@ class PromptStrategyBase(SupervisedTemplate):
 
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes: must be an int >= 2, got {num_classes!r}")
-        if train_mb_size < 1:
-            raise ValueError(f"train_mb_size: must be >= 1, got {train_mb_size}")
+        check_strategy_arguments(
+            train_mb_size=train_mb_size, eval_mb_size=eval_mb_size, train_epochs=train_epochs,
+            use_task_labels=use_task_labels, seed=seed,
+        )
         if evaluator is not None and loggers is not None:
             raise ValueError("evaluator, loggers: pass one of them, not both (loggers go into the evaluator)")
         self._optimizer_factory = split_optimizer_keyword(kwargs)
@@ -220,6 +227,8 @@ class PromptStrategyBase(SupervisedTemplate):
         self._scheduler_per_iteration = False
         self._pre_experience_state: dict | None = None
         self._nonfinite = torch.zeros((), dtype=torch.bool)
+        self.resume_overrides: dict[str, tuple[Any, Any]] = {}  # set by resume_from
+        self.task_label_map = TaskLabelMap()  # stream task label -> task index (use_task_labels)
         self.mb_logits: Tensor | None = None  # unmasked logits of the last forward
         self.backbone_fingerprint = _fingerprint(self.model.vit.backbone)
 
@@ -379,17 +388,34 @@ class PromptStrategyBase(SupervisedTemplate):
 
     def forward(self) -> Tensor:
         x = self.mb_x
+        batch_labels = self.mb_task_id if len(self.mbatch) >= 3 else None
         with self._autocast():
             if self.is_training:
+                if self.use_task_labels:
+                    self.task_label_map.record(self.task_id, batch_labels, self.experience)
                 self.mb_logits = self.train_logits(x).float()
                 return mask_logits(self.mb_logits, self._train_mask())
             if not self.task_classes:  # periodic eval before the first experience
                 self.mb_logits = self.model.head(self.model.vit(x)).float()
                 return self.mb_logits
-            oracle = self.mb_task_id if self.use_task_labels and len(self.mbatch) >= 3 else None
-            logits = self.predict_logits(x, oracle).float()
+            logits = self._predict_with_task_labels(x, batch_labels)
         self.mb_logits = logits
         return mask_logits(logits, self._class_mask(self.seen_classes))
+
+    def _predict_with_task_labels(self, x: Tensor, batch_labels: Tensor | None) -> Tensor:
+        """``predict_logits`` with the oracle task ids of samples from trained experiences; the
+        other samples (experiences not trained yet, or a stream without task labels) are
+        evaluated as without task labels (training/task_labels.py)."""
+        if not self.use_task_labels:
+            return self.predict_logits(x, None).float()
+        ids, known = self.task_label_map.lookup(batch_labels)
+        if ids is None or not bool(known.any()):
+            return self.predict_logits(x, None).float()
+        if bool(known.all()):
+            return self.predict_logits(x, ids).float()
+        logits = self.predict_logits(x, None).float()
+        logits[known] = self.predict_logits(x[known], ids[known]).float()
+        return logits
 
     def _train_mask(self) -> Tensor:
         """Bool ``(C,)``: :meth:`train_mask_classes` ∪ the mini-batch's classes (rehearsal), ∪ all seen
@@ -518,7 +544,8 @@ class PromptStrategyBase(SupervisedTemplate):
         raise FloatingPointError(
             f"non-finite training loss in experience {self.trained_experiences} "
             f"(epoch {self.clock.train_exp_epochs}); the state before this experience was saved to "
-            f"{path} — fix the cause (learning rate, data) and call resume_from({str(path)!r})"
+            f"{path} — fix the cause (learning rate, data; settings that do not shape the model may change) and "
+            f"call resume_from({str(path)!r}) on a strategy built with the fixed settings"
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -551,6 +578,7 @@ class PromptStrategyBase(SupervisedTemplate):
             "plugins": {name: p.state_dict() for name, p in self._our_plugins().items()},
             "rng": capture_rng_state(),
             "generator": self.generator.get_state(),
+            "task_labels": self.task_label_map.state_dict(),
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:
@@ -564,28 +592,45 @@ class PromptStrategyBase(SupervisedTemplate):
         return Path(path)
 
     def resume_from(self, path: str | Path) -> int:
-        """Restore a checkpoint; returns the index of the next experience to train."""
+        """Restore a checkpoint; returns the index of the next experience to train.
+
+        Everything is checked before any state changes: the file's digest, every key's presence and
+        type, the strategy class, ``num_classes``, the backbone's fingerprint, the structural settings
+        (the config's ``STRUCTURAL`` fields) and — on a copy of the model that shares the frozen
+        backbone — that the trainable state fits. Non-structural settings (learning rates, epochs,
+        optimizers, schedules...) may differ: they are logged as a warning and kept in
+        :attr:`resume_overrides` as ``{field: (checkpoint value, current value)}``.
+
+        Raises:
+            CheckpointError: the file is corrupt, of an old format, or incomplete.
+            ValueError: the checkpoint belongs to another strategy, ``num_classes``, backbone or
+                structural setting (listed), or its state does not fit the model.
+        """
         state = load_checkpoint_file(path)
-        if state.get("strategy") != type(self).__name__:
+        check_checkpoint_payload(state, path)
+        if state["strategy"] != type(self).__name__:
             raise ValueError(
-                f"checkpoint: {path} was written by {state.get('strategy')!r}, not {type(self).__name__}"
+                f"checkpoint: {path} was written by {state['strategy']!r}, not {type(self).__name__}"
             )
-        if state["config"] != self.cfg.to_dict() or state["num_classes"] != self.num_classes:
-            diff = {k: (v, self.cfg.to_dict().get(k)) for k, v in state["config"].items() if self.cfg.to_dict().get(k) != v}
-            raise ValueError(f"checkpoint: {path} was made with other settings {diff or 'num_classes'}")
+        if state["num_classes"] != self.num_classes:
+            raise ValueError(
+                f"checkpoint: {path} was made with num_classes={state['num_classes']}, this strategy has "
+                f"num_classes={self.num_classes}"
+            )
+        overrides = settings_overrides(state["config"], self.cfg, path)
         if state["backbone"]["fingerprint"] != self.backbone_fingerprint:
             raise ValueError(f"checkpoint: {path} was trained on another backbone (weights differ)")
+        self._check_model_state_fits(state, path)
+        ours = self._our_plugins()
+
+        # ---- nothing above mutated the strategy; restore
         self.model.grow_to(state["model_structure"])
-        missing, unexpected = self.model.load_state_dict(state["model_state"], strict=False)
-        missing = [k for k in missing if not k.startswith("vit.")]
-        if missing or unexpected:
-            raise ValueError(f"checkpoint: {path} does not fit the model (missing {missing}, unexpected {unexpected})")
+        self.model.load_state_dict(state["model_state"], strict=False)
         self.model.to(self.device)
         self.task_classes = [list(map(int, c)) for c in state["task_classes"]]
         self.class_to_task = {c: t for t, cs in enumerate(self.task_classes) for c in cs}
         self.trained_experiences = int(state["trained_experiences"])
         self.load_method_state_dict(state["method_state"])
-        ours = self._our_plugins()
         for name, pstate in state["plugins"].items():
             if name in ours:
                 ours[name].load_state_dict(pstate)
@@ -594,6 +639,14 @@ class PromptStrategyBase(SupervisedTemplate):
         restore_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
         self.clock.train_exp_counter = self.trained_experiences
+        if "task_labels" in state:
+            self.task_label_map.load_state_dict(state["task_labels"])
+        else:  # older checkpoints: task label t was task t
+            self.task_label_map.load_state_dict({"label_to_task": {t: t for t in range(len(self.task_classes))}})
+        self.resume_overrides = overrides
+        if overrides:
+            log.warning("resume_from(%s): settings differ from the checkpoint's, using the new ones: %s",
+                        path, format_overrides(overrides))
         return self.trained_experiences
 
     def expert_usage(self) -> Tensor | None:
@@ -602,6 +655,25 @@ class PromptStrategyBase(SupervisedTemplate):
         methods without sparse expert routing. Methods with routing override this; MLflowLogger
         plots it after each experience."""
         return None
+
+    def _check_model_state_fits(self, state: dict, path: str | Path) -> None:
+        """Dry run of ``grow_to`` + ``load_state_dict`` on a copy sharing the frozen backbone."""
+        import copy
+
+        memo: dict[int, Any] = {id(t): t for t in self.model.vit.backbone.state_dict(keep_vars=True).values()}
+        for module in self.model.modules():
+            for value in vars(module).values():
+                if isinstance(value, torch.Generator):
+                    memo[id(value)] = value
+        try:
+            trial = copy.deepcopy(self.model, memo)
+            trial.grow_to(state["model_structure"])
+            missing, unexpected = trial.load_state_dict(state["model_state"], strict=False)
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"checkpoint: {path} does not fit the model ({type(err).__name__}: {err})") from err
+        missing = [k for k in missing if not k.startswith("vit.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint: {path} does not fit the model (missing {missing}, unexpected {unexpected})")
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)

@@ -4,14 +4,23 @@ Avalanche's dill-based checkpoints break on torch 2.14 (ECOSYSTEM.md §A2.3), so
 assembles a plain payload (trainable state, optimizer, plugin ``state_dict()``s, RNG states,
 benchmark position, config) and this module writes and reads it. Torch only; no Avalanche import.
 
-File layout: one ``torch.save`` of a dict holding the caller's payload keys plus the header keys
-``format`` (= :data:`CHECKPOINT_FORMAT`), ``version`` (= :data:`CHECKPOINT_VERSION`) and
-``library_version`` (``avalanche_promptmoe.__version__`` at save time).
+File layout (version 2): one ``torch.save`` of the header dict ``{"format": CHECKPOINT_FORMAT,
+"version": 2, "library_version": ..., "digest": "sha256:<hex>", "payload": <bytes>}`` where
+``payload`` is itself the ``torch.save`` bytes of the caller's dict and ``digest`` its SHA-256. The
+digest is checked before the payload is unpickled (again with ``weights_only=True``), so flipped
+bytes, a truncated file or garbage are a :class:`CheckpointError` naming the file — torch does not
+check the zip CRCs itself.
+
+Version 1 (no digest: the payload keys next to ``format``/``version``/``library_version`` in one
+``torch.save``) is refused by :func:`load_checkpoint_file` with the version it needs;
+:func:`migrate_checkpoint_file` re-writes such a file as version 2 (explicitly, after reading it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import os
 import random
 import tempfile
@@ -31,13 +40,14 @@ __all__ = [
     "CheckpointError",
     "capture_rng_state",
     "load_checkpoint_file",
+    "migrate_checkpoint_file",
     "restore_rng_state",
     "save_checkpoint_file",
 ]
 
 CHECKPOINT_FORMAT: Final[str] = "avalanche_promptmoe.checkpoint"
-CHECKPOINT_VERSION: Final[int] = 1
-_HEADER_KEYS: Final[tuple[str, ...]] = ("format", "version", "library_version")
+CHECKPOINT_VERSION: Final[int] = 2
+_HEADER_KEYS: Final[tuple[str, ...]] = ("format", "version", "library_version", "digest", "payload")
 
 # Types torch.load(weights_only=True) reads back; exact types only (subclasses such as NamedTuple,
 # IntEnum or defaultdict pickle a class reference that weights_only refuses).
@@ -117,7 +127,7 @@ def save_checkpoint_file(path: str | os.PathLike[str], payload: dict[str, Any]) 
     Args:
         path: destination file.
         payload: the checkpoint content; must not use the header keys ``format``, ``version``,
-            ``library_version``. Not modified.
+            ``library_version``, ``digest``, ``payload``. Not modified.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -133,11 +143,15 @@ def save_checkpoint_file(path: str | os.PathLike[str], payload: dict[str, Any]) 
     if clashes:
         raise ValueError(f"payload must not contain the reserved header keys {clashes}")
     document: dict[str, Any] = _make_safe(payload, "payload", set())
-    document = {
-        **document,
+    buffer = io.BytesIO()
+    torch.save(document, buffer)
+    body = buffer.getvalue()
+    header = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "library_version": str(_package.__version__),
+        "digest": _digest(body),
+        "payload": body,
     }
 
     path = Path(path)
@@ -145,7 +159,7 @@ def save_checkpoint_file(path: str | os.PathLike[str], payload: dict[str, Any]) 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(document, handle)
+            torch.save(header, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary file
@@ -158,37 +172,32 @@ def save_checkpoint_file(path: str | os.PathLike[str], payload: dict[str, Any]) 
     return path
 
 
-def load_checkpoint_file(
-    path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu"
-) -> dict[str, Any]:
-    """Reads a file written by :func:`save_checkpoint_file` with ``torch.load(weights_only=True)``.
+def _digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
-    Args:
-        path: checkpoint file.
-        map_location: passed to ``torch.load`` (default: every tensor on the CPU).
 
-    Returns:
-        The payload dict, header keys (``format``, ``version``, ``library_version``) included.
+def _first_line(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        CheckpointError: the file is corrupt or truncated, or not a torch file; it is a torch
-            file without our format tag ("foreign file"); or its format version is newer than
-            :data:`CHECKPOINT_VERSION`.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+
+def _torch_load(source: Any, path: Path, map_location: Any, what: str) -> Any:
     try:
-        document = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
     except (IsADirectoryError, PermissionError):
         raise
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... here
         raise CheckpointError(
-            f"{path} is corrupt or not a checkpoint (torch.load(weights_only=True) failed: "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            f"{path} is corrupt or not a checkpoint ({what}: torch.load(weights_only=True) failed: "
+            f"{_first_line(err)})"
         ) from err
 
+
+def _read_header(path: Path, map_location: Any) -> dict[str, Any]:
+    """The outer document, checked for the format tag and a known version (not the digest)."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    document = _torch_load(path, path, map_location, "header")
     if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
         found = document.get("format") if isinstance(document, dict) else type(document).__name__
         raise CheckpointError(
@@ -205,6 +214,90 @@ def load_checkpoint_file(
             f"avalanche_promptmoe {_package.__version__} reads; upgrade the library"
         )
     return document
+
+
+def load_checkpoint_file(
+    path: str | os.PathLike[str], map_location: str | torch.device | None = "cpu"
+) -> dict[str, Any]:
+    """Reads a file written by :func:`save_checkpoint_file`, verifying its SHA-256 digest first.
+
+    Both the header and the payload are read with ``torch.load(weights_only=True)``; the payload is
+    unpickled only after its digest matched.
+
+    Args:
+        path: checkpoint file.
+        map_location: passed to ``torch.load`` (default: every tensor on the CPU).
+
+    Returns:
+        The payload dict plus the header keys ``format``, ``version``, ``library_version`` and
+        ``digest``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is corrupt, truncated or altered (digest mismatch), or not a torch
+            file; a torch file without our format tag ("foreign file"); a format version newer than
+            :data:`CHECKPOINT_VERSION`; or version 1 (no digest; it names
+            :func:`migrate_checkpoint_file`).
+    """
+    path = Path(path)
+    header = _read_header(path, map_location)
+    version = header["version"]
+    if version < CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version} (written by avalanche_promptmoe "
+            f"{header.get('library_version')}, without an integrity digest); this library reads version "
+            f"{CHECKPOINT_VERSION}. Convert it once with "
+            f"avalanche_promptmoe.training.checkpoint.migrate_checkpoint_file({str(path)!r}) "
+            f"(it cannot be verified: only do so for a file you trust)"
+        )
+    body, digest = header.get("payload"), header.get("digest")
+    if type(body) is not bytes or type(digest) is not str:
+        raise CheckpointError(f"{path} is corrupt: the header lacks its payload bytes or digest")
+    actual = _digest(body)
+    if actual != digest:
+        raise CheckpointError(
+            f"{path} is corrupt: the payload's digest {actual[:19]}... does not match the recorded "
+            f"{digest[:19]}... (the file was altered or damaged after it was written)"
+        )
+    payload = _torch_load(io.BytesIO(body), path, map_location, "payload")
+    if type(payload) not in (dict, OrderedDict):
+        raise CheckpointError(f"{path} is corrupt: the payload is a {type(payload).__name__}, not a dict")
+    return {
+        **payload,
+        "format": CHECKPOINT_FORMAT,
+        "version": version,
+        "library_version": header.get("library_version"),
+        "digest": digest,
+    }
+
+
+def migrate_checkpoint_file(
+    path: str | os.PathLike[str], destination: str | os.PathLike[str] | None = None
+) -> Path:
+    """Re-writes an older-format checkpoint (version 1, no digest) as the current version.
+
+    The old file is read with ``weights_only=True``; its content cannot be verified (version 1 had
+    no digest), so migrate only files you trust. A current-version file is verified and copied.
+
+    Args:
+        path: the old checkpoint.
+        destination: where to write (default: ``path`` itself, replaced atomically).
+
+    Returns:
+        The path written.
+
+    Raises:
+        CheckpointError: ``path`` is not a checkpoint of a known version.
+    """
+    path = Path(path)
+    header = _read_header(path, "cpu")
+    if header["version"] == CHECKPOINT_VERSION:
+        payload = load_checkpoint_file(path)
+        for key in ("format", "version", "library_version", "digest"):
+            payload.pop(key, None)
+    else:  # version 1: the payload keys sit next to the header keys
+        payload = {k: v for k, v in header.items() if k not in ("format", "version", "library_version")}
+    return save_checkpoint_file(destination if destination is not None else path, payload)
 
 
 # --------------------------------------------------------------------------- RNG state

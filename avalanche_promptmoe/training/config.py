@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from .validation import check_config_values
 
 __all__ = ["MethodConfig", "config_fields", "replace_config"]
 
@@ -25,7 +27,20 @@ class MethodConfig:
         lr_min: the cosine's final learning rate (and the frozen start's).
         lr_freeze_iters: iterations at ``lr_min`` before the per-iteration cosine starts.
         clip_grad: max gradient norm (``None``: no clipping).
+
+    Class attributes (unions over the MRO, so a subclass lists only its own fields):
+        STRUCTURAL: fields that shape the model (layers, experts, lengths...); a checkpoint made with
+            other values is refused by ``resume_from``. Unlisted fields may change on resume (logged).
+        POSITIVE: numeric fields that must be ``> 0`` (every number is checked finite and ``>= 0``).
+        SIGNED: numeric fields that may be negative.
+
+    Every value is checked at construction against its annotation (``Literal`` choices, types,
+    finite numbers, ranges): :func:`~avalanche_promptmoe.training.validation.check_config_values`.
     """
+
+    STRUCTURAL: ClassVar[frozenset[str]] = frozenset()
+    POSITIVE: ClassVar[frozenset[str]] = frozenset({"epochs", "lr"})
+    SIGNED: ClassVar[frozenset[str]] = frozenset()
 
     epochs: int = 20
     lr: float = 0.01
@@ -38,6 +53,7 @@ class MethodConfig:
     lr_freeze_iters: int = 0
 
     def __post_init__(self) -> None:
+        check_config_values(self)
         if self.epochs < 1:
             raise ValueError(f"epochs: must be >= 1, got {self.epochs}")
         if self.lr <= 0 or self.head_lr_scale < 0:

@@ -9,7 +9,7 @@ with ``plain_features(x)``, ``tii`` (a ``TaskIdentityHead``) and ``head``, and a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor
 
@@ -41,19 +41,24 @@ class HiDeConfig(MethodConfig):
     lr: float = 0.015
     head_lr_scale: float = 0.1
     clip_grad: float | None = 1.0
-    phases: tuple[str, ...] = ("tii", "wtp", "tap")
+    phases: tuple[Literal["tii", "wtp", "tap"], ...] = ("tii", "wtp", "tap")
     tii_epochs: int = 20
     tii_lr: float = 2.5e-4
     tii_replay_epochs: int = 30
     tii_replay_lr: float = 2.5e-3
     tap_epochs: int = 30
     tap_lr: float = 0.005
-    tap_optimizer: str = "sgd"
+    tap_optimizer: Literal["sgd", "adamw"] = "sgd"
     n_centroids: int = 10
     tap_centroids: int = 10
     samples_per_class: int = 256
     contrastive_weight: float = 0.1
     tau: float = 0.8
+
+    STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"phases"})
+    POSITIVE: ClassVar[frozenset[str]] = frozenset(
+        {"tii_lr", "tii_replay_lr", "tap_lr", "n_centroids", "tap_centroids", "samples_per_class", "tau"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

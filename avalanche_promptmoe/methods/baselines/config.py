@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from ...training.config import MethodConfig
 from ...training.hide import HiDeConfig
@@ -17,7 +18,7 @@ class LinearProbeConfig(MethodConfig):
     epochs: int = 20
     lr: float = 0.005
     head_lr_scale: float = 1.0
-    optimizer: str = "adamw"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,14 @@ class SequentialPromptConfig(MethodConfig):
     epochs: int = 20
     lr: float = 0.025
     head_lr_scale: float = 0.2
-    optimizer: str = "adamw"
-    lr_schedule: str = "cosine"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr_schedule: Literal["constant", "cosine", "cosine_iter"] = "cosine"
     layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     length: int = 50
-    prompt_init: str = "uniform01"
+    prompt_init: Literal["uniform_pm1", "uniform01", "normal", "zeros"] = "uniform01"
+
+    STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "length"})
+    POSITIVE: ClassVar[frozenset[str]] = frozenset({"length"})
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,10 @@ class HiDeBaselineConfig(HiDeConfig):
     layers: tuple[int, ...] = (0, 1, 2, 3, 4)
     length: int = 5
     prompt_momentum: float = 0.01
-    prompt_init: str = "uniform_pm1"
+    prompt_init: Literal["uniform_pm1", "uniform01", "normal", "zeros"] = "uniform_pm1"
+
+    STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "length"})
+    POSITIVE: ClassVar[frozenset[str]] = frozenset({"length"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

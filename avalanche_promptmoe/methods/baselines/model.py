@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ...engine import TaskIdentityHead
+from ...engine import TaskIdentityHead, check_task_ids
 from ...prompts import init_prompt_, prefix_lengths
 from ..model_base import PromptedClassifier
 
@@ -115,6 +115,7 @@ class TaskPrefixModel(PromptedClassifier):
         self.prompts[task].copy_(self.task_prompt(task))
 
     def forward_features(self, x: Tensor, task_ids: Tensor | int) -> Tensor:
+        check_task_ids(task_ids, self.num_tasks, type(self).__name__)
         B = x.shape[0]
         if isinstance(task_ids, int):
             p = self.task_prompt(task_ids).unsqueeze(0).expand(B, *([-1] * 5))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from ...routing import check_top_k
 from ...training.hide import HiDeConfig
@@ -32,7 +33,10 @@ class HashConfig(HiDeConfig):
     top_k: int = 2
     delta: float = 0.4
     alpha: float = 0.1
-    prompt_init: str = "uniform_pm1"
+    prompt_init: Literal["uniform_pm1", "uniform01", "normal", "zeros"] = "uniform_pm1"
+
+    STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "num_experts", "length", "top_k"})
+    POSITIVE: ClassVar[frozenset[str]] = frozenset({"num_experts", "length", "top_k", "alpha"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

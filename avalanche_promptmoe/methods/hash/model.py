@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ...engine import TaskIdentityHead
+from ...engine import TaskIdentityHead, check_task_ids
 from ...prompts import PromptPool
 from ...routing import (
     RoutingOutput,
@@ -134,6 +134,7 @@ class HashPromptModel(PromptedClassifier):
         """Logits ``(B, num_classes)``; ``task_ids`` defaults to the newest task's router."""
         if task_ids is None:
             task_ids = self.num_tasks - 1
+        check_task_ids(task_ids, self.num_tasks, type(self).__name__)
         return self.head(self.forward_features(x, task_ids))
 
     def expert_grad_targets(self) -> list[tuple[nn.Parameter, Tensor]]:

@@ -4,7 +4,7 @@ every other value is our choice, documented in docs/methods.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ...prompts.layer_grouped import check_layer_groups
 from ...training.hide import HiDeConfig
@@ -41,7 +41,7 @@ class HLGPConfig(HiDeConfig):
     lr: float = 0.01
     head_lr_scale: float = 0.5
     lr_schedule: Literal["constant", "cosine", "cosine_iter"] = "cosine"
-    phases: tuple[str, ...] = ("wtp", "tap")
+    phases: tuple[Literal["tii", "wtp", "tap"], ...] = ("wtp", "tap")
     contrastive_weight: float = 0.0
     layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     groups: tuple[tuple[int, ...], ...] = ((0, 1), (2, 3), (4, 5))
@@ -52,6 +52,11 @@ class HLGPConfig(HiDeConfig):
     root_std: float = 0.02
     matching: Literal["soft", "hard"] = "soft"
     match_tau: float = 0.1
+
+    STRUCTURAL: ClassVar[frozenset[str]] = frozenset(
+        {"layers", "groups", "length", "rank", "share_kv_adapter", "pie"}
+    )
+    POSITIVE: ClassVar[frozenset[str]] = frozenset({"length", "rank", "root_std", "match_tau"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

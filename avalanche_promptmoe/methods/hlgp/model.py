@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...engine import MASK_VALUE
+from ...engine import MASK_VALUE, check_task_ids
 from ...prompts.layer_grouped import LayerGroupedPromptGenerator, PIEMode
 from ..model_base import PromptedClassifier
 
@@ -146,6 +146,8 @@ class LayerGroupedPromptModel(PromptedClassifier):
             else:
                 task = self.task_weights(x)
                 self.last_task_weights = task
+        else:
+            check_task_ids(task, self.num_tasks, type(self).__name__)
         feats = self.vit(x, self.prompts.prefix(task))
         self.last_features = feats
         return feats

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ...routing import check_top_k
 from ...training.hide import HiDeConfig
@@ -42,10 +42,10 @@ class SMoPEConfig(HiDeConfig):
     weight_decay: float = 0.0
     lr_schedule: Literal["constant", "cosine", "cosine_iter"] = "cosine"
     clip_grad: float | None = None
-    phases: tuple[str, ...] = ("wtp", "tap")
+    phases: tuple[Literal["tii", "wtp", "tap"], ...] = ("wtp", "tap")
     tap_epochs: int = 50
     tap_lr: float = 1e-5
-    tap_optimizer: str = "adamw"
+    tap_optimizer: Literal["sgd", "adamw"] = "adamw"
     tap_centroids: int = 1
     samples_per_class: int = 128
     contrastive_weight: float = 0.0
@@ -57,7 +57,10 @@ class SMoPEConfig(HiDeConfig):
     router_weight: float = 1e-5
     proto_weight: float = 1e-5
     dense_warmup_fraction: float = 0.5
-    prompt_init: str = "uniform01"
+    prompt_init: Literal["uniform_pm1", "uniform01", "normal", "zeros"] = "uniform01"
+
+    STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "num_experts", "top_k"})
+    POSITIVE: ClassVar[frozenset[str]] = frozenset({"num_experts", "top_k"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
