@@ -34,7 +34,7 @@ def test_build_lr_scheduler_kinds_and_errors():
     with pytest.raises(ValueError, match="iterations per epoch"):
         build_lr_scheduler(opt, "cosine_iter", epochs=3)
     with pytest.raises(ValueError, match="expected one of"):
-        build_lr_scheduler(opt, "step", epochs=3)
+        build_lr_scheduler(opt, "exponential", epochs=3)
     with pytest.warns(RuntimeWarning, match="covers the whole phase"):
         build_lr_scheduler(opt, "cosine_iter", epochs=1, iters_per_epoch=4, freeze_iters=4)
 

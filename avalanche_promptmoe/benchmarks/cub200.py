@@ -21,7 +21,9 @@ from torch.utils.data import Dataset
 
 from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
 from avalanche_promptmoe.benchmarks.transforms import (
+    ClassOrderRule,
     NormalizeSpec,
+    Pipeline,
     _class_incremental,
     build_transforms,
 )
@@ -187,6 +189,8 @@ def split_cub200(
     img_size: int = 224,
     train_transform: Callable[[Any], Any] | None = None,
     eval_transform: Callable[[Any], Any] | None = None,
+    class_order: ClassOrderRule = "numpy",
+    pipeline: Pipeline = "hide",
 ) -> Any:
     """Class-incremental Split CUB-200 on full (uncropped) images, official train/test split.
 
@@ -204,6 +208,9 @@ def split_cub200(
         img_size: output side (224 in the papers).
         train_transform: replaces the built train transform (PIL image -> tensor).
         eval_transform: replaces the built eval transform.
+        class_order: ``"numpy"`` (the order above), ``"natural"`` (0..n-1 for any seed: HiDe-Prompt) or
+            ``"python"`` (``random.seed(seed); random.shuffle``: SMoPE); see ``transforms.class_order_for``.
+        pipeline: ``"hide"`` (HiDe-Prompt's transforms) or ``"smope"`` (SMoPE's ``get_transform``).
 
     Returns:
         An Avalanche ``CLScenario`` with ``train_stream`` / ``test_stream``, ``class_order`` and
@@ -219,7 +226,7 @@ def split_cub200(
         logger.warning(
             "CUB in %s has %d classes, not 200: not the published protocol", lists["base"], n_classes
         )
-    tf_train, tf_eval = build_transforms("cub", img_size=img_size, normalize=normalize)
+    tf_train, tf_eval = build_transforms("cub", img_size=img_size, normalize=normalize, pipeline=pipeline)
     tf_train = train_transform or tf_train
     tf_eval = eval_transform or tf_eval
     img_dir = lists["base"] / "images"
@@ -230,7 +237,7 @@ def split_cub200(
     bm = _class_incremental(
         train_ds, test_ds, n_classes=n_classes, n_experiences=n_experiences, seed=seed,
         train_transform=tf_train, eval_transform=tf_eval, name="split_cub200", root=lists["base"],
-        normalize=normalize, img_size=img_size,
+        normalize=normalize, img_size=img_size, class_order=class_order, pipeline=pipeline,
         details={"crop": "full image (bounding boxes ignored)", "classes": lists["classes"]},
     )
     return bm
