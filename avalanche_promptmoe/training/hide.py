@@ -1,7 +1,9 @@
 """HiDe-Prompt's phases for strategies (METHODS.md §3): TII before, TAP after each task's WTP.
 
-:class:`HiDeConfig` holds the phase settings; :class:`HiDePhases` is a strategy mixin that runs
-them on cached features with the plain functions of :mod:`training.phases`. The mixin needs a model
+:class:`HiDeConfig` holds the phase settings (defaults: the official recipe, docs/methods.md
+"Recipes"); :class:`HiDePhases` is a strategy mixin that runs them with the plain functions of
+:mod:`training.phases`: the TII head on fresh augmented views (or cached features), the class
+statistics on eval-transform features cached per task, replay and TAP on Gaussian samples. The mixin needs a model
 with ``plain_features(x)``, ``tii`` (a ``TaskIdentityHead``) and ``head``, and a strategy method
 ``task_features(x, task_id)`` giving prompted features with the task's own prompt.
 """
