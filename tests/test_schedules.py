@@ -34,7 +34,7 @@ def test_build_lr_scheduler_kinds_and_errors():
     with pytest.raises(ValueError, match="iterations per epoch"):
         build_lr_scheduler(opt, "cosine_iter", epochs=3)
     with pytest.raises(ValueError, match="expected one of"):
-        build_lr_scheduler(opt, "step", epochs=3)
+        build_lr_scheduler(opt, "exponential", epochs=3)
     with pytest.warns(RuntimeWarning, match="covers the whole phase"):
         build_lr_scheduler(opt, "cosine_iter", epochs=1, iters_per_epoch=4, freeze_iters=4)
 
@@ -45,7 +45,7 @@ def test_build_lr_scheduler_kinds_and_errors():
         (dict(lr_schedule="cosine", lr_freeze_iters=5), "only the 'cosine_iter' schedule"),
         (dict(lr_min=0.5), r"lr_min: must be in \[0, lr"),
         (dict(lr_schedule="cosine_iter", lr_freeze_iters=-1), "lr_freeze_iters: must be >= 0"),
-        (dict(lr_schedule="cosine_steps"), "expected constant, cosine or cosine_iter"),
+        (dict(lr_schedule="cosine_steps"), r"lr_schedule: expected .*'cosine_steps'"),
     ],
 )
 def test_bad_schedule_settings_name_the_setting(settings, match):

@@ -16,7 +16,9 @@ from typing import Any
 
 from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
 from avalanche_promptmoe.benchmarks.transforms import (
+    ClassOrderRule,
     NormalizeSpec,
+    Pipeline,
     _class_incremental,
     build_transforms,
 )
@@ -103,6 +105,8 @@ def split_cifar100(
     img_size: int = 224,
     train_transform: Callable[[Any], Any] | None = None,
     eval_transform: Callable[[Any], Any] | None = None,
+    class_order: ClassOrderRule = "numpy",
+    pipeline: Pipeline = "hide",
     check_integrity: bool = True,
 ) -> Any:
     """Class-incremental Split CIFAR-100 with the HiDe-Prompt transforms.
@@ -121,6 +125,9 @@ def split_cifar100(
         img_size: output side (224 in the papers).
         train_transform: replaces the built train transform (PIL image -> tensor).
         eval_transform: replaces the built eval transform.
+        class_order: ``"numpy"`` (the order above), ``"natural"`` (0..n-1 for any seed: HiDe-Prompt) or
+            ``"python"`` (``random.seed(seed); random.shuffle``: SMoPE); see ``transforms.class_order_for``.
+        pipeline: ``"hide"`` (HiDe-Prompt's transforms) or ``"smope"`` (SMoPE's ``get_transform``).
         check_integrity: verify torchvision's md5 of the three pickles (the official archive).
             ``False`` only checks that they exist: for re-encoded copies and the tests' synthetic
             pickles, which cannot match the official checksums.
@@ -134,7 +141,7 @@ def split_cifar100(
         ValueError: ``n_experiences`` is not a positive divisor of the class count, or bad transform args.
     """
     base = _resolve_root(root)
-    tf_train, tf_eval = build_transforms("cifar", img_size=img_size, normalize=normalize)
+    tf_train, tf_eval = build_transforms("cifar", img_size=img_size, normalize=normalize, pipeline=pipeline)
     tf_train = train_transform or tf_train
     tf_eval = eval_transform or tf_eval
     train_ds = _load(base, True, check_integrity)
@@ -145,6 +152,6 @@ def split_cifar100(
     bm = _class_incremental(
         train_ds, test_ds, n_classes=n_classes, n_experiences=n_experiences, seed=seed,
         train_transform=tf_train, eval_transform=tf_eval, name="split_cifar100", root=base,
-        normalize=normalize, img_size=img_size, details={"check_integrity": bool(check_integrity)},
+        normalize=normalize, img_size=img_size, class_order=class_order, pipeline=pipeline, details={"check_integrity": bool(check_integrity)},
     )
     return bm

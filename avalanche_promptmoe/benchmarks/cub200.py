@@ -20,7 +20,9 @@ from typing import Any
 from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
 from avalanche_promptmoe.benchmarks.image_files import ImagePathsDataset, verify_image_datasets
 from avalanche_promptmoe.benchmarks.transforms import (
+    ClassOrderRule,
     NormalizeSpec,
+    Pipeline,
     _class_incremental,
     build_transforms,
 )
@@ -143,6 +145,8 @@ def split_cub200(
     train_transform: Callable[[Any], Any] | None = None,
     eval_transform: Callable[[Any], Any] | None = None,
     verify: bool = False,
+    class_order: ClassOrderRule = "numpy",
+    pipeline: Pipeline = "hide",
 ) -> Any:
     """Class-incremental Split CUB-200 on full (uncropped) images, official train/test split.
 
@@ -162,6 +166,9 @@ def split_cub200(
         eval_transform: replaces the built eval transform.
         verify: decode every image once before returning (threads, progress bar) and raise
             :class:`CorruptImageError` listing the bad files; without it a bad file is named when first read.
+        class_order: ``"numpy"`` (the order above), ``"natural"`` (0..n-1 for any seed: HiDe-Prompt) or
+            ``"python"`` (``random.seed(seed); random.shuffle``: SMoPE); see ``transforms.class_order_for``.
+        pipeline: ``"hide"`` (HiDe-Prompt's transforms) or ``"smope"`` (SMoPE's ``get_transform``).
 
     Returns:
         An Avalanche ``CLScenario`` with ``train_stream`` / ``test_stream``, ``class_order`` and
@@ -178,7 +185,7 @@ def split_cub200(
         logger.warning(
             "CUB in %s has %d classes, not 200: not the published protocol", lists["base"], n_classes
         )
-    tf_train, tf_eval = build_transforms("cub", img_size=img_size, normalize=normalize)
+    tf_train, tf_eval = build_transforms("cub", img_size=img_size, normalize=normalize, pipeline=pipeline)
     tf_train = train_transform or tf_train
     tf_eval = eval_transform or tf_eval
     img_dir = lists["base"] / "images"
@@ -191,7 +198,7 @@ def split_cub200(
     bm = _class_incremental(
         train_ds, test_ds, n_classes=n_classes, n_experiences=n_experiences, seed=seed,
         train_transform=tf_train, eval_transform=tf_eval, name="split_cub200", root=lists["base"],
-        normalize=normalize, img_size=img_size,
+        normalize=normalize, img_size=img_size, class_order=class_order, pipeline=pipeline,
         details={"crop": "full image (bounding boxes ignored)", "classes": lists["classes"]},
     )
     return bm

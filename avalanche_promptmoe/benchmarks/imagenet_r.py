@@ -33,7 +33,9 @@ import numpy as np
 from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
 from avalanche_promptmoe.benchmarks.image_files import ImagePathsDataset, verify_image_datasets
 from avalanche_promptmoe.benchmarks.transforms import (
+    ClassOrderRule,
     NormalizeSpec,
+    Pipeline,
     _class_incremental,
     build_transforms,
 )
@@ -134,6 +136,8 @@ def split_imagenet_r(
     train_transform: Callable[[Any], Any] | None = None,
     eval_transform: Callable[[Any], Any] | None = None,
     verify: bool = False,
+    class_order: ClassOrderRule = "numpy",
+    pipeline: Pipeline = "hide",
 ) -> Any:
     """Class-incremental Split ImageNet-R on the computed 80/20 split (:func:`imagenet_r_split`).
 
@@ -154,6 +158,9 @@ def split_imagenet_r(
         eval_transform: replaces the built eval transform.
         verify: decode every image once before returning (threads, progress bar) and raise
             :class:`CorruptImageError` listing the bad files; without it a bad file is named when first read.
+        class_order: ``"numpy"`` (the order above), ``"natural"`` (0..n-1 for any seed: HiDe-Prompt) or
+            ``"python"`` (``random.seed(seed); random.shuffle``: SMoPE); see ``transforms.class_order_for``.
+        pipeline: ``"hide"`` (HiDe-Prompt's transforms) or ``"smope"`` (SMoPE's ``get_transform``).
 
     Returns:
         An Avalanche ``CLScenario`` with ``train_stream`` / ``test_stream``, ``class_order`` and
@@ -171,7 +178,7 @@ def split_imagenet_r(
         logger.warning(
             "ImageNet-R in %s has %d classes, not 200: not the published protocol", base, n_classes
         )
-    tf_train, tf_eval = build_transforms("imagenet_r", img_size=img_size, normalize=normalize)
+    tf_train, tf_eval = build_transforms("imagenet_r", img_size=img_size, normalize=normalize, pipeline=pipeline)
     tf_train = train_transform or tf_train
     tf_eval = eval_transform or tf_eval
     label_of = {w: i for i, w in enumerate(wnids)}
@@ -184,7 +191,7 @@ def split_imagenet_r(
     bm = _class_incremental(
         train_ds, test_ds, n_classes=n_classes, n_experiences=n_experiences, seed=seed,
         train_transform=tf_train, eval_transform=tf_eval, name="split_imagenet_r", root=base,
-        normalize=normalize, img_size=img_size, log_note=f"split sha256 {sha[:12]}",
+        normalize=normalize, img_size=img_size, class_order=class_order, pipeline=pipeline, log_note=f"split sha256 {sha[:12]}",
         details={
             "split_seed": int(split_seed),
             "split_rule": "per class: RandomState(split_seed) permutation of sorted paths, floor(80%) train",

@@ -12,6 +12,16 @@ Transforms (METHODS.md §3.5 and §7, checked against HiDe-Prompt's ``datasets.p
   torchvision's default, as in HiDe) + ``RandomHorizontalFlip`` + ``ToTensor``; eval:
   ``Resize(R, bicubic)`` + ``CenterCrop(S)`` + ``ToTensor``.
 
+SMoPE's pipeline (``pipeline="smope"``; SMoPE-repo ``dataloaders/utils.py: get_transform``): train
+``RandomResizedCrop(S)`` (torchvision defaults: scale (0.08, 1), bilinear) + ``RandomHorizontalFlip`` +
+``ToTensor``; eval CIFAR ``Resize(S)`` (bilinear), CUB / ImageNet-R ``Resize(R)`` + ``CenterCrop(S)``
+(bilinear); its ``Normalize`` is mean 0, std 1, i.e. none (pass ``normalize="none"``).
+
+Class orders (:func:`class_order_for`): ``"numpy"`` (``RandomState(seed).permutation``, ``seed=None``:
+natural), ``"natural"`` (0..n−1 whatever the seed: HiDe-Prompt's ``--shuffle False``; its seeds 42 /
+40 / 44 then only seed training) and ``"python"`` (``random.seed(seed); random.shuffle(order)``:
+SMoPE / CODA ``trainer.py`` with ``rand_split: True``).
+
 ``S = img_size`` (224 in every paper) and ``R = int(S / 0.875)`` (256 for 224, HiDe's ``256/224``
 ratio). Normalization presets (:data:`NORMALIZATIONS`):
 
@@ -28,8 +38,9 @@ ratio). Normalization presets (:data:`NORMALIZATIONS`):
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -43,7 +54,17 @@ __all__ = [
     "build_transforms",
     "resolve_normalization",
     "class_order_from_seed",
+    "class_order_for",
+    "CLASS_ORDERS",
+    "PIPELINES",
 ]
+
+#: Class-order rules of the builders' ``class_order`` option (module docstring).
+CLASS_ORDERS = ("numpy", "natural", "python")
+ClassOrderRule = Literal["numpy", "natural", "python"]
+#: Input pipelines of the builders' ``pipeline`` option: HiDe-Prompt's or SMoPE's.
+PIPELINES = ("hide", "smope")
+Pipeline = Literal["hide", "smope"]
 
 #: Named normalization presets: name -> (mean, std), or ``None`` for no ``Normalize``.
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]] | None] = {
@@ -110,7 +131,7 @@ def _describe_normalize(normalize: NormalizeSpec) -> Any:
 
 
 def build_transforms(
-    kind: str, img_size: int = 224, normalize: NormalizeSpec | str = "default"
+    kind: str, img_size: int = 224, normalize: NormalizeSpec | str = "default", pipeline: Pipeline = "hide"
 ) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     """Build the (train, eval) torchvision transforms of a protocol (see the module docstring).
 
@@ -120,6 +141,8 @@ def build_transforms(
         img_size: output side ``S``; the eval resize is ``int(S / 0.875)`` (256 for 224).
         normalize: ``"default"`` = ``"cifar"`` for CIFAR and ``"none"`` for CUB / ImageNet-R (HiDe), or
             any spec accepted by :func:`resolve_normalization`.
+        pipeline: ``"hide"`` (HiDe-Prompt's ``build_cifar_transform`` / ``build_transform``) or
+            ``"smope"`` (SMoPE's ``get_transform``; see the module docstring).
 
     Returns:
         ``(train_transform, eval_transform)``, each PIL image -> float32 CHW tensor of ``S x S``.
@@ -133,6 +156,8 @@ def build_transforms(
     family = _KIND_ALIASES.get(str(kind).lower())
     if family is None:
         raise ValueError(f"kind must be one of 'cifar', 'cub', 'imagenet_r', got {kind!r}")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
     if isinstance(img_size, bool) or not isinstance(img_size, (int, np.integer)) or img_size < 1:
         raise ValueError(f"img_size must be a positive int, got {img_size!r}")
     size = int(img_size)
@@ -144,6 +169,10 @@ def build_transforms(
     if norm is not None:
         tail.append(T.Normalize(mean=norm[0], std=norm[1]))
 
+    if pipeline == "smope":
+        train = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+        evaluation = [T.Resize(size)] if family == "cifar" else [T.Resize(resize), T.CenterCrop(size)]
+        return T.Compose(train + tail), T.Compose(evaluation + list(tail))
     if family == "cifar":
         train = [
             T.RandomResizedCrop(size, interpolation=InterpolationMode.BICUBIC),
@@ -173,6 +202,23 @@ def class_order_from_seed(n_classes: int, seed: int | None) -> list[int]:
     return np.random.RandomState(seed).permutation(n_classes).tolist()
 
 
+def class_order_for(n_classes: int, seed: int | None, rule: ClassOrderRule = "numpy") -> list[int]:
+    """The class order under ``rule`` (module docstring): ``"numpy"`` = :func:`class_order_from_seed`,
+    ``"natural"`` = ``0..n-1``, ``"python"`` = ``random.Random(seed).shuffle(list(range(n)))`` (equal to
+    ``random.seed(seed); random.shuffle(...)``, without touching the global ``random`` state)."""
+    if rule == "numpy":
+        return class_order_from_seed(n_classes, seed)
+    if rule == "natural":
+        return list(range(n_classes))
+    if rule == "python":
+        if seed is None:
+            raise ValueError("class_order='python' needs an int seed (random.seed(seed); random.shuffle)")
+        order = list(range(n_classes))
+        random.Random(seed).shuffle(order)
+        return order
+    raise ValueError(f"class_order must be one of {CLASS_ORDERS}, got {rule!r}")
+
+
 def _class_incremental(
     train_ds: Any,
     test_ds: Any,
@@ -188,6 +234,8 @@ def _class_incremental(
     img_size: int,
     details: Mapping[str, Any] | None = None,
     log_note: str = "",
+    class_order: ClassOrderRule = "numpy",
+    pipeline: Pipeline = "hide",
 ) -> Any:
     """Wrap two datasets with ``.targets`` (labels ``0..n_classes-1``) into a class-incremental CLScenario.
 
@@ -209,7 +257,8 @@ def _class_incremental(
                 f"the {name} split must hold every label 0..{n_classes - 1}; missing e.g. {missing}"
             )
     groups = TransformGroups({"train": train_transform, "eval": eval_transform})
-    class_order = class_order_from_seed(n_classes, seed)
+    rule = class_order
+    class_order = class_order_for(n_classes, seed, rule)
     bm = class_incremental_benchmark(
         {
             "train": as_classification_dataset(train_ds, transform_groups=groups),
@@ -225,6 +274,8 @@ def _class_incremental(
         "n_experiences": int(n_experiences),
         "n_classes": n_classes,
         "seed": seed,
+        "class_order_rule": rule,
+        "pipeline": pipeline,
         "normalize": _describe_normalize(normalize),
         "img_size": int(img_size),
         "n_train": len(train_ds),

@@ -377,6 +377,7 @@ class PromptStrategyBase(SupervisedTemplate):
             opt, cfg.lr_schedule, epochs=self.schedule_epochs(),
             iters_per_epoch=len(self.dataloader) if cfg.lr_schedule == "cosine_iter" else None,
             lr_min=cfg.lr_min, freeze_iters=cfg.lr_freeze_iters,
+            step_epochs=cfg.lr_step_epochs, step_gamma=cfg.lr_step_gamma,
         )
 
     def schedule_epochs(self) -> int:

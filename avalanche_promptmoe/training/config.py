@@ -22,11 +22,15 @@ class MethodConfig:
         head_lr_scale: the head's learning rate is ``lr * head_lr_scale``.
         optimizer: ``"adam"`` (β = 0.9, 0.999), ``"adamw"`` or ``"sgd"`` (momentum 0.9).
         weight_decay: optimizer weight decay.
-        lr_schedule: ``"constant"``, ``"cosine"`` (per epoch, over ``epochs``) or ``"cosine_iter"``
-            (per iteration, after ``lr_freeze_iters`` iterations at ``lr_min``; training/schedules.py).
+        lr_schedule: ``"constant"``, ``"cosine"`` (per epoch, over ``epochs``), ``"cosine_iter"``
+            (per iteration, after ``lr_freeze_iters`` iterations at ``lr_min``) or ``"step"`` (×
+            ``lr_step_gamma`` every ``lr_step_epochs`` epochs, as HiDe's loop drives timm's step
+            scheduler; training/schedules.py).
         lr_min: the cosine's final learning rate (and the frozen start's).
         lr_freeze_iters: iterations at ``lr_min`` before the per-iteration cosine starts.
         clip_grad: max gradient norm (``None``: no clipping).
+        lr_step_epochs: the ``"step"`` schedule's decay interval in epochs (HiDe ``--decay-epochs`` 30).
+        lr_step_gamma: the ``"step"`` schedule's decay factor (HiDe ``--decay-rate`` 0.1).
 
     Class attributes (unions over the MRO, so a subclass lists only its own fields):
         STRUCTURAL: fields that shape the model (layers, experts, lengths...); a checkpoint made with
@@ -47,10 +51,12 @@ class MethodConfig:
     head_lr_scale: float = 1.0
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 0.0
-    lr_schedule: Literal["constant", "cosine", "cosine_iter"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "cosine_iter", "step"] = "constant"
     clip_grad: float | None = None
     lr_min: float = 0.0
     lr_freeze_iters: int = 0
+    lr_step_epochs: int = 30
+    lr_step_gamma: float = 0.1
 
     def __post_init__(self) -> None:
         check_config_values(self)
@@ -60,8 +66,8 @@ class MethodConfig:
             raise ValueError(f"lr: must be > 0 (head_lr_scale >= 0), got lr={self.lr}, head_lr_scale={self.head_lr_scale}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ValueError(f"optimizer: expected adam, adamw or sgd, got {self.optimizer!r}")
-        if self.lr_schedule not in ("constant", "cosine", "cosine_iter"):
-            raise ValueError(f"lr_schedule: expected constant, cosine or cosine_iter, got {self.lr_schedule!r}")
+        if self.lr_schedule not in ("constant", "cosine", "cosine_iter", "step"):
+            raise ValueError(f"lr_schedule: expected constant, cosine, cosine_iter or step, got {self.lr_schedule!r}")
         if not 0 <= self.lr_min < self.lr:
             raise ValueError(f"lr_min: must be in [0, lr={self.lr}), got {self.lr_min}")
         if self.lr_freeze_iters < 0:
@@ -71,6 +77,10 @@ class MethodConfig:
                              f"lr_schedule={self.lr_schedule!r}")
         if self.clip_grad is not None and self.clip_grad <= 0:
             raise ValueError(f"clip_grad: must be > 0 or None, got {self.clip_grad}")
+        if self.lr_step_epochs < 1:
+            raise ValueError(f"lr_step_epochs: must be >= 1, got {self.lr_step_epochs}")
+        if not 0 < self.lr_step_gamma <= 1:
+            raise ValueError(f"lr_step_gamma: must be in (0, 1], got {self.lr_step_gamma}")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}

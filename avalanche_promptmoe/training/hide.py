@@ -1,7 +1,9 @@
 """HiDe-Prompt's phases for strategies (METHODS.md §3): TII before, TAP after each task's WTP.
 
-:class:`HiDeConfig` holds the phase settings; :class:`HiDePhases` is a strategy mixin that runs
-them on cached features with the plain functions of :mod:`training.phases`. The mixin needs a model
+:class:`HiDeConfig` holds the phase settings (defaults: the official recipe, docs/methods.md
+"Recipes"); :class:`HiDePhases` is a strategy mixin that runs them with the plain functions of
+:mod:`training.phases`: the TII head on fresh augmented views (or cached features), the class
+statistics on eval-transform features cached per task, replay and TAP on Gaussian samples. The mixin needs a model
 with ``plain_features(x)``, ``tii`` (a ``TaskIdentityHead``) and ``head``, and a strategy method
 ``task_features(x, task_id)`` giving prompted features with the task's own prompt.
 """
@@ -11,29 +13,57 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import torch
 from torch import Tensor
 
 from ..engine import mask_logits
 from .config import MethodConfig
 from .features import extract_features
-from .phases import ClassGaussians, contrastive_regulariser, train_head_on_features, train_head_on_gaussians
+from .phases import (
+    ClassGaussians,
+    contrastive_regulariser,
+    train_head_on_features,
+    train_head_on_gaussians,
+    train_head_on_images,
+)
 
 __all__ = ["HiDeConfig", "HiDePhases"]
 
 
 @dataclass(frozen=True)
 class HiDeConfig(MethodConfig):
-    """HiDe-Prompt's phase settings (CIFAR-100 Sup-21K scripts, batch 128: lrs scaled by 128/256).
+    """HiDe-Prompt's phase settings (CIFAR-100 Sup-21K scripts at batch 128: lrs scaled by 128/256).
+
+    Sources: HiDe-Prompt ``training_scripts/train_cifar100_vit.sh``, ``configs/cifar100_hideprompt_5e.py``,
+    ``trainers/{tii,hideprompt}_trainer.py`` and ``engines/hide_{tii,promtp_wtp_and_tap}_engine.py``
+    (the recipe table in docs/methods.md names each line).
 
     Attributes:
+        lr_schedule / lr_step_epochs / lr_step_gamma: WTP ``--sched step`` (×0.1 every 30 epochs).
         phases: which of ``("tii", "wtp", "tap")`` run.
-        tii_epochs / tii_lr: TII head on the task's unprompted features (Adam, 0.0005·128/256).
+        tii_epochs / tii_lr: TII head (Adam, ``--lr 0.0005``·128/256, CUB 0.01·128/256).
+        tii_input: ``"augmented"`` (official: the TII head trains on the features of the training
+            transform's fresh view of every image each epoch, ``train_one_epoch``) or ``"cached"``
+            (unprompted eval-transform features computed once per task: ~``tii_epochs``× cheaper).
+        tii_clip_grad: TII gradient-norm clip (``--clip-grad`` 1.0; ``None``: none).
         tii_replay_epochs / tii_replay_lr: TII head re-trained on Gaussian replay of all seen classes
-            (SGD, ``crct_epochs`` = 30, ``ca_lr`` 0.005·128/256).
-        tap_epochs / tap_lr / tap_optimizer: head realignment on Gaussian samples (SGD 0.005, 30 ep.).
+            (SGD, ``crct_epochs`` 30, ``ca_lr`` 0.005 scaled by batch/256 in ``tii_trainer.py``).
+        tap_epochs / tap_lr / tap_optimizer: head realignment on Gaussian samples (SGD, ``ca_lr`` 0.005
+            not batch-scaled in ``hideprompt_trainer.py``, ``crct_epochs`` 30).
+        tap_lr_schedule / tap_lr_min: TAP's schedule: ``"cosine"`` per epoch (HiDe) or
+            ``"cosine_iter"`` per iteration (SMoPE), down to ``tap_lr_min``. TII replay: cosine per epoch.
+        replay_sampling: ``"official"``: per epoch ``batch`` samples per centroid, shuffled, one
+            iteration of ``batch`` samples per previous-task class (HiDe / SMoPE); ``"per_class"``:
+            ``samples_per_class`` per class, a full pass in batches of ``train_mb_size``.
+        tii_replay_batch_ratio / tap_batch_ratio: the official replay's batch (= samples per centroid)
+            is ``int(train_mb_size × ratio)``: TII replay 1 (``num_sampled_pcls = batch_size``), TAP 5
+            (``batch_size * 5``); SMoPE's ``ca_batch_size_ratio``.
+        replay_weight_decay: weight decay of TII replay and TAP: 0.0 in HiDe (the parameter group's
+            ``args.weight_decay``, which argparse resolves to ``--weight-decay``'s 0.0 — the later
+            ``--weight_decay 5e-4`` shares its dest and loses; the group value overrides SGD's 5e-4).
         n_centroids: KMeans centroids per class for the TII statistics (10).
         tap_centroids: centroids per class for the TAP statistics (HiDe 10; SMoPE 1).
-        samples_per_class: Gaussian samples per class per replay epoch (HiDe ≈ batch × centroids).
+        samples_per_class: Gaussian samples per class per epoch under ``replay_sampling="per_class"``.
         contrastive_weight / tau: WTP's contrastive regulariser (reg 0.1 CIFAR, 0.01 CUB, 0.5 IN-R).
     """
 
@@ -41,14 +71,23 @@ class HiDeConfig(MethodConfig):
     lr: float = 0.015
     head_lr_scale: float = 0.1
     clip_grad: float | None = 1.0
+    lr_schedule: Literal["constant", "cosine", "cosine_iter", "step"] = "step"
     phases: tuple[Literal["tii", "wtp", "tap"], ...] = ("tii", "wtp", "tap")
     tii_epochs: int = 20
     tii_lr: float = 2.5e-4
+    tii_input: Literal["augmented", "cached"] = "augmented"
+    tii_clip_grad: float | None = 1.0
     tii_replay_epochs: int = 30
     tii_replay_lr: float = 2.5e-3
     tap_epochs: int = 30
     tap_lr: float = 0.005
     tap_optimizer: Literal["sgd", "adamw"] = "sgd"
+    tap_lr_schedule: Literal["cosine", "cosine_iter"] = "cosine"
+    tap_lr_min: float = 0.0
+    replay_sampling: Literal["official", "per_class"] = "official"
+    tii_replay_batch_ratio: float = 1.0
+    tap_batch_ratio: float = 5.0
+    replay_weight_decay: float = 0.0
     n_centroids: int = 10
     tap_centroids: int = 10
     samples_per_class: int = 256
@@ -69,6 +108,23 @@ class HiDeConfig(MethodConfig):
             raise ValueError("n_centroids, tap_centroids, samples_per_class: must be >= 1")
         if self.tau <= 0:
             raise ValueError(f"tau: must be > 0, got {self.tau}")
+        if self.tii_input not in ("augmented", "cached"):
+            raise ValueError(f"tii_input: expected 'augmented' or 'cached', got {self.tii_input!r}")
+        if self.replay_sampling not in ("official", "per_class"):
+            raise ValueError(f"replay_sampling: expected 'official' or 'per_class', got {self.replay_sampling!r}")
+        if self.tap_optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"tap_optimizer: expected 'sgd' or 'adamw', got {self.tap_optimizer!r}")
+        if self.tap_lr_schedule not in ("cosine", "cosine_iter"):
+            raise ValueError(f"tap_lr_schedule: expected 'cosine' or 'cosine_iter', got {self.tap_lr_schedule!r}")
+        if self.tii_clip_grad is not None and self.tii_clip_grad <= 0:
+            raise ValueError(f"tii_clip_grad: must be > 0 or None, got {self.tii_clip_grad}")
+        for name in ("tii_replay_batch_ratio", "tap_batch_ratio"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.replay_weight_decay < 0:
+            raise ValueError(f"replay_weight_decay: must be >= 0, got {self.replay_weight_decay}")
+        if not 0 <= self.tap_lr_min < self.tap_lr:
+            raise ValueError(f"tap_lr_min: must be in [0, tap_lr={self.tap_lr}), got {self.tap_lr_min}")
 
 
 class HiDePhases:
@@ -104,23 +160,65 @@ class HiDePhases:
         return self._experience_features("query", self.model.plain_features)
 
     # -- phases -------------------------------------------------------------------------------
+    def replay_batch(self, ratio: float) -> int:
+        """The official replay's batch (= samples per centroid): ``int(train_mb_size × ratio)``, ≥ 1."""
+        return max(1, int(self.train_mb_size * ratio))
+
+    def _tii_image_loader(self):
+        """``epoch → batches`` of the current experience's training set with its *training* transform
+        (a fresh augmented view each epoch), shuffled by the strategy's generator."""
+        from torch.utils.data import DataLoader
+
+        dataset = self.experience.dataset.train()
+
+        def loader(_epoch: int):
+            return DataLoader(dataset, batch_size=self.train_mb_size, shuffle=True, generator=self.generator)
+
+        return loader
+
     def run_tii_phase(self) -> None:
         cfg, task = self.cfg, self.task_id
-        feats, labels = self.query_features()
         classes = self.task_classes[task]
         if cfg.tii_epochs:
-            train_head_on_features(
-                self.model.tii, feats, labels, classes=classes, num_classes=self.num_classes,
-                epochs=cfg.tii_epochs, lr=cfg.tii_lr, batch_size=self.train_mb_size,
-                generator=self.generator, device=self.device,
-            )
+            if cfg.tii_input == "augmented":
+                was_training = self.model.training
+                self.model.eval()  # frozen backbone in eval mode; only the TII head trains
+
+                def plain(x: Tensor) -> Tensor:
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                        return self.model.plain_features(x)
+
+                train_head_on_images(
+                    self.model.tii, plain, self._tii_image_loader(), classes=classes,
+                    num_classes=self.num_classes, epochs=cfg.tii_epochs, lr=cfg.tii_lr, clip_grad=cfg.tii_clip_grad,
+                    device=self.device, progress=self.progress, desc=f"TII (task {task})",
+                )
+                self.model.train(was_training)
+            else:
+                feats, labels = self.query_features()
+                train_head_on_features(
+                    self.model.tii, feats, labels, classes=classes, num_classes=self.num_classes,
+                    epochs=cfg.tii_epochs, lr=cfg.tii_lr, batch_size=self.train_mb_size, clip_grad=cfg.tii_clip_grad,
+                    generator=self.generator, device=self.device, progress=self.progress, desc=f"TII (task {task})",
+                )
+        feats, labels = self.query_features()
         self.tii_stats.fit(feats, labels, n_centroids=cfg.n_centroids, generator=self.generator)
         if task > 0 and cfg.tii_replay_epochs:
             train_head_on_gaussians(
                 self.model.tii, self.tii_stats, classes=self.seen_classes, num_classes=self.num_classes,
                 epochs=cfg.tii_replay_epochs, lr=cfg.tii_replay_lr, samples_per_class=cfg.samples_per_class,
-                batch_size=self.train_mb_size, generator=self.generator, device=self.device,
+                batch_size=self._replay_batch_size(cfg.tii_replay_batch_ratio), optimizer="sgd",
+                weight_decay=cfg.replay_weight_decay, generator=self.generator, device=self.device,
+                sampling=cfg.replay_sampling, previous_classes=self._previous_class_count(), schedule="cosine",
+                progress=self.progress, desc=f"TII replay (task {task})",
             )
+
+    def _previous_class_count(self) -> int:
+        """Classes of the tasks before the current one (``crct_num``: the official replay's iterations)."""
+        return sum(len(c) for c in self.task_classes[: self.task_id])
+
+    def _replay_batch_size(self, ratio: float) -> int:
+        return self.replay_batch(ratio) if self.cfg.replay_sampling == "official" else self.train_mb_size
 
     def run_tap_phase(self) -> None:
         cfg, task = self.cfg, self.task_id
@@ -131,8 +229,11 @@ class HiDePhases:
             train_head_on_gaussians(
                 self.model.head, self.tap_stats, classes=self.seen_classes, num_classes=self.num_classes,
                 epochs=cfg.tap_epochs, lr=cfg.tap_lr, samples_per_class=cfg.samples_per_class,
-                batch_size=self.train_mb_size, optimizer=cfg.tap_optimizer, generator=self.generator,
-                device=self.device,
+                batch_size=self._replay_batch_size(cfg.tap_batch_ratio), optimizer=cfg.tap_optimizer,
+                weight_decay=cfg.replay_weight_decay, generator=self.generator, device=self.device,
+                sampling=cfg.replay_sampling, previous_classes=self._previous_class_count(),
+                schedule=cfg.tap_lr_schedule, lr_min=cfg.tap_lr_min, progress=self.progress,
+                desc=f"TAP (task {task})",
             )
 
     # -- inference and regulariser ------------------------------------------------------------

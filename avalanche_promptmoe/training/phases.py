@@ -2,9 +2,12 @@
 
 * :func:`kmeans` and :class:`ClassGaussians` — per-class multi-centroid diagonal Gaussians of
   pre-logit features (HiDe: 10 KMeans centroids per class; SMoPE: 1).
-* :func:`train_head_on_features` — train a head on fixed features (TII's first stage).
+* :func:`train_head_on_features` — train a head on fixed features (TII's first stage, cached).
+* :func:`train_head_on_images` — train a head on the features of a fresh augmented view of the
+  images each epoch (TII's first stage as HiDe's ``train_one_epoch`` runs it).
 * :func:`train_head_on_gaussians` — re-align a head on features sampled from the class Gaussians
-  (TII replay and TAP).
+  (TII replay and TAP), with HiDe's / SMoPE's sampling (``sampling="official"``: per centroid,
+  one iteration per previous-task class) or a plain per-class draw (``"per_class"``).
 * :func:`contrastive_regulariser` — HiDe's WTP regulariser (``orth_loss``, τ = 0.8).
 
 No Avalanche here: every function takes tensors and modules and an explicit ``torch.Generator``.
@@ -12,13 +15,16 @@ No Avalanche here: every function takes tensors and modules and an explicit ``to
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..engine.heads import mask_logits
+from .schedules import cosine_iter_factor
 
 __all__ = [
     "ClassGaussians",
@@ -26,6 +32,7 @@ __all__ = [
     "kmeans",
     "train_head_on_features",
     "train_head_on_gaussians",
+    "train_head_on_images",
 ]
 
 VAR_EPS = 1e-4  # added to every variance, as HiDe (N(μ, diag(σ²) + 1e-4 I))
@@ -111,6 +118,24 @@ class ClassGaussians:
             ys.append(torch.full((per_class,), c, dtype=torch.long))
         return torch.cat(xs), torch.cat(ys)
 
+    def sample_per_centroid(
+        self, classes: Iterable[int], per_centroid: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``per_centroid`` features from every centroid of every class in ``classes``, skipping the
+        centroids of zero variance (HiDe / SMoPE ``train_task_adaptive_prediction``:
+        ``if var.mean() == 0: continue``), in class-then-centroid order: ``(n, D)``, ``(n,)``."""
+        xs, ys = [], []
+        for c in classes:
+            for mean, var in zip(self.means[c], self.variances[c]):
+                if bool((var <= VAR_EPS).all()):  # raw variance 0 (a single sample, or identical ones)
+                    continue
+                noise = torch.randn(per_centroid, mean.shape[0], generator=generator)
+                xs.append(mean + noise * var.sqrt())
+                ys.append(torch.full((per_centroid,), c, dtype=torch.long))
+        if not xs:
+            return torch.empty(0), torch.empty(0, dtype=torch.long)
+        return torch.cat(xs), torch.cat(ys)
+
     def state_dict(self) -> dict:
         return {
             "means": {int(c): t.clone() for c, t in self.means.items()},
@@ -137,22 +162,56 @@ def _fit(
     epochs: int,
     optimizer: torch.optim.Optimizer,
     allowed: Tensor,
-    cosine: bool,
+    schedule: Literal["constant", "cosine", "cosine_iter"],
     device: torch.device | str,
+    iters_per_epoch: int | None = None,
+    lr_min: float = 0.0,
+    clip_grad: float | None = None,
+    desc: str = "head",
+    progress: bool = False,
 ) -> float:
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs)) if cosine else None
+    """The shared loop: per epoch, one pass over ``batches(epoch)``; CE masked to ``allowed``.
+
+    ``schedule``: ``"constant"``; ``"cosine"`` per epoch to ``lr_min`` (``CosineAnnealingLR``,
+    T_max = epochs, as HiDe); ``"cosine_iter"`` per iteration over ``epochs × iters_per_epoch`` to
+    ``lr_min`` (SMoPE's ``CosineSchedulerIter``). A progress bar over the epochs shows the last loss.
+    """
+    from tqdm.auto import tqdm
+
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, epochs), eta_min=lr_min)
+    elif schedule == "cosine_iter":
+        if not iters_per_epoch:
+            raise ValueError("schedule 'cosine_iter' needs iters_per_epoch")
+        total = max(1, epochs * iters_per_epoch)
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, [
+            cosine_iter_factor(g["lr"], total_iters=total, lr_min=lr_min, freeze_iters=0)
+            for g in optimizer.param_groups
+        ])
+    elif schedule != "constant":
+        raise ValueError(f"schedule: expected 'constant', 'cosine' or 'cosine_iter', got {schedule!r}")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     head.train()
-    last = float("nan")
-    for epoch in range(epochs):
+    last: Tensor | float = float("nan")
+    bar = tqdm(range(epochs), desc=desc, leave=False, disable=not progress)
+    for epoch in bar:
         for x, y in batches(epoch):
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(mask_logits(head(x), allowed), y)
             loss.backward()
+            if clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad)
             optimizer.step()
+            if schedule == "cosine_iter":
+                sched.step()
             last = loss.detach()
-        if sched is not None:
+        if schedule == "cosine":
             sched.step()
+        if progress:
+            bar.set_postfix(loss=f"{float(last):.4f}")
+    bar.close()
     head.eval()
     return float(last)
 
@@ -167,8 +226,11 @@ def train_head_on_features(
     epochs: int,
     lr: float,
     batch_size: int = 128,
+    clip_grad: float | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "TII head",
 ) -> float:
     """Adam on fixed ``(N, D)`` features with CE masked to ``classes``; returns the last loss."""
     params = [p for p in head.parameters() if p.requires_grad]
@@ -181,7 +243,50 @@ def train_head_on_features(
             idx = order[i : i + batch_size]
             yield features[idx], labels[idx]
 
-    return _fit(head, batches, epochs=epochs, optimizer=opt, allowed=allowed, cosine=False, device=device)
+    return _fit(head, batches, epochs=epochs, optimizer=opt, allowed=allowed, schedule="constant", device=device,
+                clip_grad=clip_grad, desc=desc, progress=progress)
+
+
+def train_head_on_images(
+    head: nn.Module,
+    feature_fn: Callable[[Tensor], Tensor],
+    loader: Callable[[int], Iterable[tuple[Tensor, Tensor]]],
+    *,
+    classes: Iterable[int],
+    num_classes: int,
+    epochs: int,
+    lr: float,
+    clip_grad: float | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "TII head",
+) -> float:
+    """Adam on ``feature_fn`` of each batch of ``loader(epoch)`` (HiDe's TII ``train_one_epoch``).
+
+    ``loader(epoch)`` yields ``(x, y)`` image batches; give it the training transform, so that each
+    epoch sees a fresh augmented view. ``feature_fn`` runs without gradients (frozen backbone); only
+    ``head`` trains, with CE masked to ``classes`` and the gradient norm clipped to ``clip_grad``.
+    Constant lr (the official TII scripts' schedules do not decay within 20 epochs).
+    """
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    allowed = _allowed(num_classes, classes)
+
+    def batches(epoch: int):
+        for batch in loader(epoch):
+            x, y = batch[0].to(device, non_blocking=True), torch.as_tensor(batch[1]).long()
+            with torch.no_grad():
+                f = feature_fn(x).float()
+            yield f, y
+
+    return _fit(head, batches, epochs=epochs, optimizer=opt, allowed=allowed, schedule="constant", device=device,
+                clip_grad=clip_grad, desc=desc, progress=progress)
+
+
+def replay_iterations(n_previous_classes: int, n_samples: int, batch_size: int) -> int:
+    """Iterations per epoch of the official replay: one per previous-task class, never past the
+    drawn samples (``crct_num`` batches of ``batch_size`` slices in HiDe / SMoPE)."""
+    return max(0, min(n_previous_classes, math.ceil(n_samples / max(1, batch_size))))
 
 
 def train_head_on_gaussians(
@@ -198,11 +303,24 @@ def train_head_on_gaussians(
     weight_decay: float = 5e-4,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    sampling: Literal["per_class", "official"] = "per_class",
+    previous_classes: int | None = None,
+    schedule: Literal["cosine", "cosine_iter"] = "cosine",
+    lr_min: float = 0.0,
+    progress: bool = False,
+    desc: str = "replay",
 ) -> float:
     """Re-align ``head`` on features sampled from the class Gaussians (HiDe's TAP / TII replay).
 
-    Each epoch draws ``samples_per_class`` features per class in ``classes``; SGD (momentum 0.9) or
-    AdamW, weight decay 5e-4, cosine schedule over ``epochs``; logits outside ``classes`` masked.
+    ``sampling="per_class"``: each epoch draws ``samples_per_class`` features per class in
+    ``classes`` and passes over all of them in batches of ``batch_size``.
+    ``sampling="official"`` (HiDe / SMoPE ``train_task_adaptive_prediction``): each epoch draws
+    ``batch_size`` features from every centroid (of non-zero variance) of every class in
+    ``classes``, shuffles them and runs ``previous_classes`` iterations (the number of classes of
+    the earlier tasks), each on the next ``batch_size`` slice.
+    Optimiser: SGD (momentum 0.9) or AdamW at ``lr`` with ``weight_decay``; ``schedule`` ``"cosine"``
+    per epoch (HiDe) or ``"cosine_iter"`` per iteration (SMoPE), both down to ``lr_min``; logits
+    outside ``classes`` masked. Returns the last loss.
     """
     classes = list(classes)
     params = [p for p in head.parameters() if p.requires_grad]
@@ -212,16 +330,37 @@ def train_head_on_gaussians(
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     else:
         raise ValueError(f"optimizer: expected 'sgd' or 'adamw', got {optimizer!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     allowed = _allowed(num_classes, classes)
+    if sampling == "official":
+        if previous_classes is None:
+            raise ValueError("sampling='official' needs previous_classes (the classes of the earlier tasks)")
+        n_draw = sum(
+            batch_size * int(sum(not bool((v <= VAR_EPS).all()) for v in stats.variances[c])) for c in classes
+        )
+        iters = replay_iterations(previous_classes, n_draw, batch_size)
 
-    def batches(_epoch: int):
-        x, y = stats.sample(classes, samples_per_class, generator)
-        order = torch.randperm(len(y), generator=generator)
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            yield x[idx], y[idx]
+        def batches(_epoch: int):
+            x, y = stats.sample_per_centroid(classes, batch_size, generator)
+            order = torch.randperm(len(y), generator=generator)
+            for i in range(iters):
+                idx = order[i * batch_size : (i + 1) * batch_size]
+                yield x[idx], y[idx]
+    elif sampling == "per_class":
+        iters = math.ceil(len(classes) * samples_per_class / batch_size)
 
-    return _fit(head, batches, epochs=epochs, optimizer=opt, allowed=allowed, cosine=True, device=device)
+        def batches(_epoch: int):
+            x, y = stats.sample(classes, samples_per_class, generator)
+            order = torch.randperm(len(y), generator=generator)
+            for i in range(0, len(order), batch_size):
+                idx = order[i : i + batch_size]
+                yield x[idx], y[idx]
+    else:
+        raise ValueError(f"sampling: expected 'per_class' or 'official', got {sampling!r}")
+
+    return _fit(head, batches, epochs=epochs, optimizer=opt, allowed=allowed, schedule=schedule, device=device,
+                iters_per_epoch=iters, lr_min=lr_min, desc=desc, progress=progress)
 
 
 def contrastive_regulariser(features: Tensor, prototypes: Tensor | None, tau: float = 0.8) -> Tensor:

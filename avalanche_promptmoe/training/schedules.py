@@ -5,6 +5,12 @@
 * ``"cosine_iter"``: per iteration (SMoPE's CIFAR and ImageNet-R scripts): the first
   ``freeze_iters`` iterations run at ``lr_min`` (the scripts' "freeze"), then a cosine from each
   group's lr down to ``lr_min`` over the remaining iterations of the phase.
+* ``"step"``: per epoch, HiDe-Prompt's ``--sched step`` as its training loop drives timm's
+  ``StepLRScheduler``: the loop calls ``lr_scheduler.step(epoch)`` *after* epoch ``epoch``
+  (``engines/hide_promtp_wtp_and_tap_engine.py: train_and_evaluate``), which sets the lr of epoch
+  ``epoch + 1`` to ``lr·γ^⌊epoch / interval⌋``. So epoch ``e`` (0-based) trains at
+  ``lr·γ^⌊max(e − 1, 0) / interval⌋``: with interval 30, epochs 0–30 at ``lr`` and 31–59 at ``γ·lr``
+  (:func:`step_factor`).
 """
 
 from __future__ import annotations
@@ -15,9 +21,17 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["SCHEDULES", "build_lr_scheduler", "cosine_iter_factor"]
+__all__ = ["SCHEDULES", "build_lr_scheduler", "cosine_iter_factor", "step_factor"]
 
-SCHEDULES = ("constant", "cosine", "cosine_iter")
+SCHEDULES = ("constant", "cosine", "cosine_iter", "step")
+
+
+def step_factor(epoch: int, *, interval: int, gamma: float) -> float:
+    """``lr(epoch) / lr`` of the ``"step"`` schedule: ``γ^⌊max(epoch − 1, 0) / interval⌋`` (0-based
+    epochs; the one-epoch lag is HiDe's ``lr_scheduler.step(epoch)`` after each epoch)."""
+    if interval < 1:
+        raise ValueError(f"lr_step_epochs: must be >= 1, got {interval}")
+    return gamma ** (max(epoch - 1, 0) // interval)
 
 
 def cosine_iter_factor(base_lr: float, *, total_iters: int, lr_min: float, freeze_iters: int) -> Callable[[int], float]:
@@ -43,13 +57,21 @@ def build_lr_scheduler(
     iters_per_epoch: int | None = None,
     lr_min: float = 0.0,
     freeze_iters: int = 0,
+    step_epochs: int = 30,
+    step_gamma: float = 0.1,
 ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, bool]:
     """The scheduler for one training phase and whether it steps per iteration (else per epoch).
 
-    ``iters_per_epoch`` is needed by ``"cosine_iter"`` only. Raises ``ValueError`` on an unknown
-    schedule; warns when the frozen start covers the whole phase."""
+    ``iters_per_epoch`` is needed by ``"cosine_iter"`` only; ``step_epochs`` / ``step_gamma`` by
+    ``"step"`` only. Raises ``ValueError`` on an unknown schedule; warns when the frozen start covers
+    the whole phase."""
     if schedule == "constant":
         return None, False
+    if schedule == "step":
+        step_factor(0, interval=step_epochs, gamma=step_gamma)  # validates the interval
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: step_factor(e, interval=step_epochs, gamma=step_gamma)
+        ), False
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=lr_min), False
     if schedule != "cosine_iter":

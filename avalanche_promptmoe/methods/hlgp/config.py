@@ -40,7 +40,7 @@ class HLGPConfig(HiDeConfig):
     epochs: int = 20
     lr: float = 0.01
     head_lr_scale: float = 0.5
-    lr_schedule: Literal["constant", "cosine", "cosine_iter"] = "cosine"
+    lr_schedule: Literal["constant", "cosine", "cosine_iter", "step"] = "cosine"
     phases: tuple[Literal["tii", "wtp", "tap"], ...] = ("wtp", "tap")
     contrastive_weight: float = 0.0
     layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5)

@@ -18,7 +18,11 @@ class SMoPEConfig(HiDeConfig):
     a dense warm-up on the first task and HiDe's TAP (no TII: one forward pass at inference).
 
     Defaults are the CIFAR-100 values (SMoPE-repo ``experiments/cifar-100.sh``): head lr 0.005 and
-    prompt lr ×5, so ``lr`` (the prompt lr) = 0.025 and ``head_lr_scale`` = 0.2.
+    prompt lr ×5, so ``lr`` (the prompt lr) = 0.025 and ``head_lr_scale`` = 0.2. TAP as
+    ``trainer.py: train_task_adaptive_prediction``: AdamW at ``ca_lr / 10`` = 1e-5, weight decay
+    ``ca_weight_decay`` 5e-4, per-iteration cosine to 1e-6 (``CosineSchedulerIter``), batch and
+    samples per class ``int(batch_size × ca_batch_size_ratio)`` (``tap_batch_ratio``: CIFAR / CUB 1,
+    ImageNet-R 6), one iteration per previous-task class.
 
     Attributes:
         layers: prompted blocks (``e_layers = [0..5]``).
@@ -40,12 +44,16 @@ class SMoPEConfig(HiDeConfig):
     head_lr_scale: float = 0.2
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     weight_decay: float = 0.0
-    lr_schedule: Literal["constant", "cosine", "cosine_iter"] = "cosine"
+    lr_schedule: Literal["constant", "cosine", "cosine_iter", "step"] = "cosine"
     clip_grad: float | None = None
     phases: tuple[Literal["tii", "wtp", "tap"], ...] = ("wtp", "tap")
     tap_epochs: int = 50
     tap_lr: float = 1e-5
     tap_optimizer: Literal["sgd", "adamw"] = "adamw"
+    tap_lr_schedule: Literal["cosine", "cosine_iter"] = "cosine_iter"
+    tap_lr_min: float = 1e-6
+    tap_batch_ratio: float = 1.0
+    replay_weight_decay: float = 5e-4
     tap_centroids: int = 1
     samples_per_class: int = 128
     contrastive_weight: float = 0.0

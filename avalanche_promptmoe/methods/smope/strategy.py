@@ -134,9 +134,28 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
 
     def _before_training_epoch(self, **kwargs: Any) -> None:
         self.epoch_modes.append((self.task_id, "dense" if self.model.dense else "sparse"))
+        self._warmup_bar = None
+        if self.model.dense and self.progress:  # the dense warm-up's own bar, with the loss
+            from tqdm.auto import tqdm
+
+            self._warmup_bar = tqdm(
+                total=len(self.dataloader), leave=False,
+                desc=f"dense warm-up (task {self.task_id}, {self._dense_epochs_left} epochs left)",
+            )
         super()._before_training_epoch(**kwargs)
 
+    def _after_training_iteration(self, **kwargs: Any) -> None:
+        bar = getattr(self, "_warmup_bar", None)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(self.loss.detach()):.4f}")
+        super()._after_training_iteration(**kwargs)
+
     def _after_training_epoch(self, **kwargs: Any) -> None:
+        bar = getattr(self, "_warmup_bar", None)
+        if bar is not None:
+            bar.close()
+            self._warmup_bar = None
         super()._after_training_epoch(**kwargs)
         if self.model.dense:
             self._dense_epochs_left -= 1
