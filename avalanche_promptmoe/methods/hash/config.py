@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ...routing import check_top_k
 from ...training.hide import HiDeConfig
@@ -22,7 +23,11 @@ class HashConfig(HiDeConfig):
         length: L = 15 key and 15 value tokens per expert ("kv_each" convention).
         top_k: K = 2 experts per sample.
         delta: δ = 0.4, the stepwise routing penalty on the frequent set (HDR).
-        alpha: the gradient scale on the frequent set (HGM; the paper's β = 0.1).
+        alpha: HGM's factor on the frequent set (the paper's β = 0.1): their learning rate is α × lr.
+        hgm: how HGM applies α — ``"update"`` (default): the frequent experts take α × the step the
+            optimizer made, under any optimizer (the paper's "lower learning rate"); ``"grad"``: their
+            gradient is multiplied by α, which Adam/AdamW cancel (kept for ablations; with SGD the two
+            agree without weight decay).
         prompt_init: pool initialisation, U(−1, 1) as HiDe.
     """
 
@@ -32,6 +37,7 @@ class HashConfig(HiDeConfig):
     top_k: int = 2
     delta: float = 0.4
     alpha: float = 0.1
+    hgm: Literal["update", "grad"] = "update"
     prompt_init: str = "uniform_pm1"
 
     def __post_init__(self) -> None:
@@ -41,3 +47,5 @@ class HashConfig(HiDeConfig):
             raise ValueError(f"delta: must be >= 0, got {self.delta}")
         if not 0 < self.alpha <= 1:
             raise ValueError(f"alpha: must be in (0, 1], got {self.alpha}")
+        if self.hgm not in ("update", "grad"):
+            raise ValueError(f"hgm: expected 'update' or 'grad', got {self.hgm!r}")
