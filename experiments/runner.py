@@ -168,8 +168,8 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
     if mlflow_logger is not None:
         _log_final(mlflow_logger, strategy, summary)
         mlflow_logger.close()
-    log.info("%s on %s (seed %d): FAA %.4f  CAA %.4f  FFM %.4f  (%.0f s)", args.method, spec.name, seed,
-             summary["faa"], summary["caa"], summary["ffm"], summary["wall_time_s"])
+    log.info("%s on %s (seed %d): FAA %.4f  CAA %.4f  FFM %.4f  FFM(HiDe) %.4f  (%.0f s)", args.method, spec.name,
+             seed, summary["faa"], summary["caa"], summary["ffm"], summary["ffm_hide"], summary["wall_time_s"])
     return summary
 
 
@@ -243,7 +243,7 @@ def _log_final(logger: Any, strategy: Any, summary: dict[str, Any]) -> None:
     usage = getattr(getattr(strategy, "routing_history", None), "usage", None)
     if usage is not None:
         logger.log_expert_usage(usage.counts)
-    for key in ("faa", "caa", "ffm", "wall_time_s", "trainable_params", "sample_weighted_stream_acc"):
+    for key in ("faa", "caa", "ffm", "ffm_hide", "wall_time_s", "trainable_params", "sample_weighted_stream_acc"):
         logger.log_single_metric(f"final/{key}", float(summary[key]), 0)
     logger.flush()
     logger.log_report(summary)
