@@ -113,6 +113,9 @@ def test_scale_frequent_update_checks_its_inputs():
         GradientScalingPlugin(mode="lr")
     with pytest.raises(ValueError, match="hgm"):
         HashPromptStrategy(backbone=tiny_backbone(), num_classes=4, device="cpu", loggers=[], hgm="lr")
+    s = HashPromptStrategy(backbone=tiny_backbone(), num_classes=4, device="cpu", loggers=[], layers=(0, 1))
+    plugin = next(p for p in s.plugins if isinstance(p, GradientScalingPlugin))
+    assert (plugin.mode, plugin.alpha) == ("update", 0.1)  # Hash's default: the update is scaled
 
 
 def _frequent_displacement(alpha, hgm):
