@@ -231,8 +231,8 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
         if main_process:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         finish(summary)
-    log.info("%s on %s (seed %d): FAA %.4f  CAA %.4f  FFM %.4f  (%.0f s)", args.method, spec.name, seed,
-             summary["faa"], summary["caa"], summary["ffm"], summary["wall_time_s"])
+    log.info("%s on %s (seed %d): FAA %.4f  CAA %.4f  FFM %.4f  FFM(HiDe) %.4f  (%.0f s)", args.method, spec.name,
+             seed, summary["faa"], summary["caa"], summary["ffm"], summary["ffm_hide"], summary["wall_time_s"])
     return summary
 
 

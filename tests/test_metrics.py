@@ -40,7 +40,7 @@ def test_three_by_three_by_hand() -> None:
     assert cumulative_average_accuracy(acc) == pytest.approx(2.15 / 3)
     # FFM: task 0: max(0.9, 0.8) - 0.6 = 0.3; task 1: max(0.7) - 0.5 = 0.2; mean = 0.25
     assert final_forgetting(acc) == pytest.approx(0.25)
-    assert summarize(acc) == pytest.approx({"faa": 0.5, "caa": 2.15 / 3, "ffm": 0.25})
+    assert summarize(acc) == pytest.approx({"faa": 0.5, "caa": 2.15 / 3, "ffm": 0.25, "ffm_hide": 0.25})
 
 
 def test_future_columns_and_upper_triangle_are_ignored_and_forgetting_is_signed() -> None:
@@ -64,13 +64,13 @@ def test_future_columns_and_upper_triangle_are_ignored_and_forgetting_is_signed(
 def test_one_by_one_by_hand() -> None:
     acc = [[0.8]]
     # FAA = 0.8 / 1; CAA = (0.8 / 1) / 1; FFM = 0.0 by definition (nothing to forget with T = 1)
-    assert summarize(acc) == {"faa": pytest.approx(0.8), "caa": pytest.approx(0.8), "ffm": 0.0}
+    assert summarize(acc) == {"faa": pytest.approx(0.8), "caa": pytest.approx(0.8), "ffm": 0.0, "ffm_hide": 0.0}
 
 
 def test_two_rows_torch_input() -> None:
     acc = torch.tensor([[1.0, 0.0], [0.5, 0.75]])
     # FAA = (0.5 + 0.75) / 2 = 0.625; CAA = (1.0 + 0.625) / 2 = 0.8125; FFM = (1.0 - 0.5) / 1 = 0.5
-    assert summarize(acc) == pytest.approx({"faa": 0.625, "caa": 0.8125, "ffm": 0.5})
+    assert summarize(acc) == pytest.approx({"faa": 0.625, "caa": 0.8125, "ffm": 0.5, "ffm_hide": 0.5})
 
 
 @given(
@@ -99,7 +99,9 @@ def test_metrics_match_loop_reference(data: st.DataObject, num_trained: int) -> 
     caa = sum(sum(acc[t, i] for i in range(t + 1)) / (t + 1) for t in range(num_trained)) / num_trained
     drops = [max(acc[t, i] for t in range(i, last)) - acc[last, i] for i in range(last)]
     ffm = sum(drops) / len(drops) if drops else 0.0
-    assert summarize(acc) == pytest.approx({"faa": faa, "caa": caa, "ffm": ffm})
+    drops_hide = [max(acc[t, i] for t in range(i, last + 1)) - acc[last, i] for i in range(last)]
+    ffm_hide = sum(drops_hide) / len(drops_hide) if drops_hide else 0.0
+    assert summarize(acc) == pytest.approx({"faa": faa, "caa": caa, "ffm": ffm, "ffm_hide": ffm_hide})
 
 
 # --------------------------------------------------------------------------- validation

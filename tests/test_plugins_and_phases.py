@@ -149,7 +149,7 @@ def test_gradient_scaling_plugin():
     p = torch.nn.Parameter(torch.zeros(2, 3, 4))
     p.grad = torch.ones(2, 3, 4)
     frequent = torch.tensor([[True, False, False], [False, False, True]])
-    plugin = GradientScalingPlugin(alpha=0.1)
+    plugin = GradientScalingPlugin(alpha=0.1, mode="grad")
     plugin.after_backward(_Strategy(SimpleNamespace(expert_grad_targets=lambda: [(p, frequent)])))
     assert torch.allclose(p.grad[frequent], torch.full((2, 4), 0.1))
     assert (p.grad[~frequent] == 1).all()

@@ -68,7 +68,7 @@ _log = logging.getLogger(__name__)
 _METRICS_PER_BATCH = 500  # MLflow allows 1000 entities and 1 MB per log_batch request
 _PARAMS_PER_BATCH = 100  # MLflow's limit for params and for tags
 _MAX_PARAM_VALUE = 6000
-_SUMMARY_METRICS = ("FAA", "CAA", "FFM")
+_SUMMARY_METRICS = ("FAA", "CAA", "FFM", "FFM_HiDe")
 _STATE_VERSION = 1
 _STATUSES = ("FINISHED", "FAILED", "KILLED")
 

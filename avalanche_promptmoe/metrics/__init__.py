@@ -1,4 +1,4 @@
-"""Continual-learning metrics: accuracy matrix → FAA / CAA / FFM, and the Avalanche plugin metric.
+"""Continual-learning metrics: accuracy matrix → FAA / CAA / FFM (SMoPE's and HiDe's conventions), and the Avalanche plugin metric.
 
 ``accuracy_matrix`` (numpy only) is imported eagerly; the plugin, which needs Avalanche, is
 imported on first attribute access so that ``import avalanche_promptmoe.metrics`` works without
@@ -14,6 +14,7 @@ from avalanche_promptmoe.metrics.accuracy_matrix import (
     cumulative_average_accuracy,
     final_average_accuracy,
     final_forgetting,
+    final_forgetting_hide,
     summarize,
     validate_accuracy_matrix,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "cumulative_average_accuracy",
     "final_average_accuracy",
     "final_forgetting",
+    "final_forgetting_hide",
     "summarize",
     "task_averaged_metrics",
     "validate_accuracy_matrix",

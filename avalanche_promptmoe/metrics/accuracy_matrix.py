@@ -5,8 +5,12 @@ Dimensions: T trained experiences (rows), T' >= T evaluated tasks (columns).
 ``A[t, i]`` is the accuracy (a fraction in [0, 1]) on task ``i``'s test set after training task
 ``t``. Only the lower triangle ``i <= t`` of the first ``T`` rows enters the metrics; every other
 entry (future tasks evaluated mid-run, columns beyond ``T``) may hold an accuracy or NaN and is
-ignored. All three metrics are *task-averaged* (every task weighs the same, as in the HiDe-Prompt
-and SMoPE code), not sample-weighted like Avalanche's stream accuracy.
+ignored. All metrics are *task-averaged* (every task weighs the same, as in the HiDe-Prompt and
+SMoPE code), not sample-weighted like Avalanche's stream accuracy.
+
+Forgetting comes in the two conventions of the papers' code, which differ when a task improves at
+the last stage: ``ffm`` (SMoPE, signed; :func:`final_forgetting`) and ``ffm_hide`` (HiDe-Prompt,
+every term >= 0; :func:`final_forgetting_hide`). Compare each paper's rows with its own.
 
 This module depends on numpy only (torch tensors are accepted as input); it never imports
 Avalanche.
@@ -22,6 +26,7 @@ __all__ = [
     "cumulative_average_accuracy",
     "final_average_accuracy",
     "final_forgetting",
+    "final_forgetting_hide",
     "summarize",
     "validate_accuracy_matrix",
 ]
@@ -125,6 +130,10 @@ def final_forgetting(matrix: Any) -> float:
     For each earlier task, the best accuracy it reached before the last stage minus its accuracy
     after the last stage, averaged over the ``T - 1`` earlier tasks (METHODS.md §0.3). A term is
     negative when a task improved at the last stage (backward transfer); terms are not clipped.
+    This is SMoPE's convention (``Minhchuyentoancbn/SMoPE`` ``trainer.py``,
+    ``Trainer.summarize_fr``: ``max(acc_matrix[:, :task_id], axis=1) - acc_matrix[:, task_id]``
+    over the earlier tasks, i.e. the max over the *earlier* stages only). For HiDe-Prompt's, see
+    :func:`final_forgetting_hide`.
 
     With a single trained row (``T = 1``) no task can have been forgotten and the function returns
     ``0.0`` (not NaN), so that the value can be logged at every stage.
@@ -143,18 +152,44 @@ def final_forgetting(matrix: Any) -> float:
     return float(np.mean(drops))
 
 
-def summarize(matrix: Any) -> dict[str, float]:
-    """Computes FAA, CAA and FFM of one accuracy matrix.
+def final_forgetting_hide(matrix: Any) -> float:
+    """Final forgetting as HiDe-Prompt reports it: (1/(T-1)) · Σ_{i=0}^{T-2} (max_{i<=t<=T-1} A[t, i] − A[T-1, i]).
+
+    The same as :func:`final_forgetting` except that the max runs over *every* stage, the last one
+    included, so each term is ``>= 0`` (a task that improved at the last stage counts 0, not a
+    negative drop). Source: ``thu-ml/HiDe-Prompt`` ``engine.py`` (and
+    ``engines/hide_wtp_and_tap_engine.py``), ``evaluate_till_now``:
+    ``np.mean((np.max(acc_matrix, axis=1) - acc_matrix[:, task_id])[:task_id])`` on a matrix indexed
+    ``[task, stage]`` whose unevaluated entries are 0 (so they never win the max).
 
     Args:
         matrix: accuracy matrix ``(T, T')``, see :func:`validate_accuracy_matrix`.
 
     Returns:
-        ``{"faa": ..., "caa": ..., "ffm": ...}`` as Python floats (fractions, not percentages).
+        FFM (HiDe) as a float in ``[0, 1]``; ``0.0`` when ``T = 1``. Always ``>= final_forgetting``.
+    """
+    acc = validate_accuracy_matrix(matrix)
+    last = acc.shape[0] - 1
+    if last == 0:
+        return 0.0
+    drops = [acc[i : last + 1, i].max() - acc[last, i] for i in range(last)]
+    return float(np.mean(drops))
+
+
+def summarize(matrix: Any) -> dict[str, float]:
+    """Computes FAA, CAA and FFM (both conventions) of one accuracy matrix.
+
+    Args:
+        matrix: accuracy matrix ``(T, T')``, see :func:`validate_accuracy_matrix`.
+
+    Returns:
+        ``{"faa": ..., "caa": ..., "ffm": ..., "ffm_hide": ...}`` as Python floats (fractions, not
+        percentages); ``ffm`` is SMoPE's signed convention, ``ffm_hide`` HiDe-Prompt's.
     """
     acc = validate_accuracy_matrix(matrix)
     return {
         "faa": final_average_accuracy(acc),
         "caa": cumulative_average_accuracy(acc),
         "ffm": final_forgetting(acc),
+        "ffm_hide": final_forgetting_hide(acc),
     }

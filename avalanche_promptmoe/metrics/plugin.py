@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["TaskAveragedMetrics", "task_averaged_metrics"]
 
 _STATE_VERSION = 1
+#: summary key -> metric name prefix
+_METRIC_NAMES = {"faa": "FAA", "caa": "CAA", "ffm": "FFM", "ffm_hide": "FFM_HiDe"}
 
 
 class TaskAveragedMetrics(PluginMetric[dict[str, float]]):
@@ -48,8 +50,10 @@ class TaskAveragedMetrics(PluginMetric[dict[str, float]]):
     clock.train_iterations``:
 
     * ``FAA/eval_phase/<stream>_stream``, ``CAA/eval_phase/<stream>_stream``,
-      ``FFM/eval_phase/<stream>_stream`` (floats in [0, 1]; FFM in [-1, 1]), each only when the
-      entries it needs (``A[t, i]`` with ``i <= t``; FAA: the last row only) have been evaluated;
+      ``FFM/eval_phase/<stream>_stream`` and ``FFM_HiDe/eval_phase/<stream>_stream`` (floats in
+      [0, 1]; FFM, SMoPE's signed convention, in [-1, 1]; FFM_HiDe is HiDe-Prompt's, >= 0), each only
+      when the entries it needs (``A[t, i]`` with ``i <= t``; FAA: the last row only) have been
+      evaluated;
     * ``TaskAccMatrix/eval_phase/<stream>_stream``: the matrix as a float32 ``torch.Tensor`` of
       shape ``(T, T')``, ``T`` = experiences trained so far, NaN where not evaluated. Columns of
       future experiences are kept in the matrix but never enter FAA/CAA/FFM.
@@ -115,7 +119,7 @@ class TaskAveragedMetrics(PluginMetric[dict[str, float]]):
         return self.get_accuracy_matrix()
 
     def result(self) -> dict[str, float] | None:
-        """FAA / CAA / FFM of the default stream's matrix (keys faa, caa, ffm), where computable.
+        """FAA / CAA / FFM of the default stream's matrix (keys faa, caa, ffm, ffm_hide), where computable.
 
         Returns ``None`` when nothing has been recorded.
         """
@@ -247,7 +251,7 @@ class TaskAveragedMetrics(PluginMetric[dict[str, float]]):
         if mat.shape[1] < row + 1:
             mat = np.pad(mat, ((0, 0), (0, row + 1 - mat.shape[1])), constant_values=np.nan)
         values = [
-            MetricValue(self, f"{name.upper()}/{suffix}", value, x_plot)
+            MetricValue(self, f"{_METRIC_NAMES[name]}/{suffix}", value, x_plot)
             for name, value in _computable_summary(mat).items()
         ]
         tensor = torch.from_numpy(mat.astype(np.float32))
@@ -259,7 +263,7 @@ class TaskAveragedMetrics(PluginMetric[dict[str, float]]):
 
 
 def _computable_summary(mat: np.ndarray) -> dict[str, float]:
-    """FAA (needs the last row's i <= t entries) and CAA / FFM (need the whole lower triangle).
+    """FAA (needs the last row's i <= t entries) and CAA / both FFMs (need the whole lower triangle).
 
     Metrics whose entries have not all been evaluated (e.g. an eval on part of the stream, or a
     training step after which no eval ran) are left out rather than guessed.

@@ -6,6 +6,7 @@ from .history import (
     count_selections,
     history_penalty,
     scale_frequent_grads,
+    scale_frequent_update,
 )
 from .routers import TaskGatedRouter, prompt_attention_scores
 from .topk import RoutingOutput, check_top_k, dense_weights, top_k_route
@@ -21,5 +22,6 @@ __all__ = [
     "history_penalty",
     "prompt_attention_scores",
     "scale_frequent_grads",
+    "scale_frequent_update",
     "top_k_route",
 ]

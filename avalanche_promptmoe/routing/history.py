@@ -1,5 +1,6 @@
-"""Routing history: cumulative expert usage, the frequent set, Hash's penalty and gradient scaling,
-and SMoPE's adaptive noise. Pure tensor code, vectorised over the batch."""
+"""Routing history: cumulative expert usage, the frequent set, Hash's penalty and its modulation of
+the frequent experts' updates (HGM), and SMoPE's adaptive noise. Pure tensor code, vectorised over
+the batch."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ __all__ = [
     "count_selections",
     "history_penalty",
     "scale_frequent_grads",
+    "scale_frequent_update",
 ]
 
 FrequentRule = Literal["top_k", "above_mean"]
@@ -55,8 +57,23 @@ def adaptive_noise(scores: Tensor, frequent: Tensor, epsilon: float) -> Tensor:
     return scores - epsilon * spread.detach() * frequent.to(scores.dtype)
 
 
+def _row_mask(frequent: Tensor, like: Tensor, expert_dim: int) -> Tensor:
+    """``frequent`` (bool, ``like``'s first ``expert_dim + 1`` dims) viewed to broadcast over ``like``."""
+    lead = tuple(like.shape[: expert_dim + 1])
+    if frequent.dtype != torch.bool or tuple(frequent.shape) != lead:
+        raise ValueError(
+            f"frequent: expected a bool mask of shape {lead} (the parameter's dims up to the expert dim "
+            f"{expert_dim}), got {frequent.dtype} {tuple(frequent.shape)}"
+        )
+    return frequent.to(like.device).view(*lead, *([1] * (like.dim() - expert_dim - 1)))
+
+
 def scale_frequent_grads(grad: Tensor, frequent: Tensor, alpha: float, expert_dim: int = 1) -> Tensor:
-    """Hash's HGM: multiply the gradient rows of frequent experts by α, leave the others unchanged.
+    """HGM read literally (``hgm="grad"``): multiply the frequent experts' gradient rows by α.
+
+    Adam and AdamW divide by the running gradient magnitude, so a constant per-parameter factor
+    cancels there (the update is unchanged up to ε); only SGD sees it. :func:`scale_frequent_update`
+    is what the paper means (a lower learning rate for the frequent experts) under any optimizer.
 
     Args:
         grad: a pool gradient, e.g. ``(layers, E, L, H, Dh)``.
@@ -65,9 +82,32 @@ def scale_frequent_grads(grad: Tensor, frequent: Tensor, alpha: float, expert_di
     """
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha: the gradient scale must be in (0, 1], got {alpha}")
-    scale = torch.where(frequent, torch.as_tensor(alpha, dtype=grad.dtype), torch.as_tensor(1.0, dtype=grad.dtype))
-    scale = scale.to(grad.device).view(*scale.shape, *([1] * (grad.dim() - expert_dim - 1)))
+    mask = _row_mask(frequent, grad, expert_dim)
+    scale = torch.where(mask, torch.as_tensor(alpha, dtype=grad.dtype), torch.as_tensor(1.0, dtype=grad.dtype))
     return grad * scale
+
+
+def scale_frequent_update(before: Tensor, after: Tensor, frequent: Tensor, alpha: float,
+                          expert_dim: int = 1) -> Tensor:
+    """Hash's HGM (``hgm="update"``): the frequent experts take α × the step the optimizer made.
+
+    Returns ``before + α (after − before)`` on the frequent rows and ``after`` itself (bit for bit)
+    elsewhere, so it is a per-row learning-rate factor whatever the optimizer (Adam, AdamW, SGD...);
+    the optimizer's state still saw the true gradient.
+
+    Args:
+        before, after: the parameter before and after ``optimizer.step()``, e.g. ``(layers, E, L, H, Dh)``.
+        frequent: bool ``(layers, E)`` aligned with the first dims up to ``expert_dim``.
+        alpha: α in (0, 1]; α = 1 returns ``after``.
+    """
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha: the update scale must be in (0, 1], got {alpha}")
+    if before.shape != after.shape:
+        raise ValueError(f"before, after: shapes differ, {tuple(before.shape)} vs {tuple(after.shape)}")
+    mask = _row_mask(frequent, after, expert_dim)
+    if alpha == 1.0:
+        return after
+    return torch.where(mask, before + alpha * (after - before), after)
 
 
 class ExpertUsage:

@@ -23,7 +23,11 @@ class HashConfig(HiDeConfig):
         length: L = 15 key and 15 value tokens per expert ("kv_each" convention).
         top_k: K = 2 experts per sample.
         delta: δ = 0.4, the stepwise routing penalty on the frequent set (HDR).
-        alpha: the gradient scale on the frequent set (HGM; the paper's β = 0.1).
+        alpha: HGM's factor on the frequent set (the paper's β = 0.1): their learning rate is α × lr.
+        hgm: how HGM applies α — ``"update"`` (default): the frequent experts take α × the step the
+            optimizer made, under any optimizer (the paper's "lower learning rate"); ``"grad"``: their
+            gradient is multiplied by α, which Adam/AdamW cancel (kept for ablations; with SGD the two
+            agree without weight decay).
         prompt_init: pool initialisation, U(−1, 1) as HiDe.
     """
 
@@ -34,6 +38,7 @@ class HashConfig(HiDeConfig):
     delta: float = 0.4
     alpha: float = 0.1
     prompt_init: Literal["uniform_pm1", "uniform01", "normal", "zeros"] = "uniform_pm1"
+    hgm: Literal["update", "grad"] = "update"
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "num_experts", "length", "top_k"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"num_experts", "length", "top_k", "alpha"})

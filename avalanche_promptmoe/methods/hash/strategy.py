@@ -20,7 +20,7 @@ class HashPromptStrategy(HiDePhases, PromptStrategyBase):
     """History-Aware prompt-SHaring (Li et al., CVPR 2026) on a frozen timm ViT.
 
     Per task: TII (task-id head on unprompted features + Gaussian replay), WTP (shared pool routed by
-    the task's router, history penalty δ on the frequent experts, their gradients scaled by α,
+    the task's router, history penalty δ on the frequent experts, their updates scaled by α (HGM),
     task-masked CE + HiDe's contrastive regulariser), TAP (head realignment from class Gaussians).
     Inference: query pass → TII task id → that task's router → prompted pass → head.
 
@@ -43,7 +43,7 @@ class HashPromptStrategy(HiDePhases, PromptStrategyBase):
         usage = ExpertUsage(len(cfg.layers), 1, cfg.num_experts, rule="top_k", k=cfg.top_k)
         self.routing_history = RoutingHistoryPlugin(usage=usage)
         self.phase_scheduler = PhaseSchedulerPlugin(phases=cfg.phases)
-        return [self.phase_scheduler, self.routing_history, GradientScalingPlugin(alpha=cfg.alpha)]
+        return [self.phase_scheduler, self.routing_history, GradientScalingPlugin(alpha=cfg.alpha, mode=cfg.hgm)]
 
     def expert_usage(self) -> Tensor:
         """Hash's cumulative top-K selections ``(layers, 1, num_experts)`` (int64; one router shared by
