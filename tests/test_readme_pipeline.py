@@ -59,8 +59,8 @@ def test_readme_section_snippets_run(tmp_path, monkeypatch):
     assert any((tmp_path / "csv_logs").rglob("*.csv"))
     # MLflow: a local store under ./mlruns
     assert (tmp_path / "mlruns").exists()
-    # our plugin on Naive: the experts' gradients are identical (a linear average), so after the
-    # plugin the frequent experts' gradients are alpha = 0.1 times the others'
-    grad = results[5]["model"].experts.grad[0]
-    assert grad.abs().sum() > 0
-    assert torch.allclose(grad[:2], 0.1 * grad[2:].mean(0, keepdim=True).expand(2, *grad.shape[1:]), atol=1e-9)
+    # our plugin on Naive: the experts' gradients are identical (a linear average), so with HGM every
+    # SGD step moves the frequent experts alpha = 0.1 times as far as the others
+    moved = ns["moved"][0]
+    assert moved[2] > 0 and torch.allclose(moved[2], moved[3], rtol=1e-4)
+    assert torch.allclose(moved[:2], 0.1 * moved[2:], rtol=1e-3)

@@ -168,7 +168,9 @@ class PromptStrategyBase(SupervisedTemplate):
         if not isinstance(cfg, self.config_cls):
             raise ValueError(f"config: expected a {self.config_cls.__name__}, got {type(cfg).__name__}")
         self.cfg = replace_config(cfg, overrides)
-        check_scheduler_keywords(lr_scheduler, lr_scheduler_interval, self.cfg.lr_schedule)
+        # a user scheduler replaces the method's default lr_schedule; one asked for explicitly clashes
+        explicit_schedule = self.cfg.lr_schedule if ("lr_schedule" in overrides or config is not None) else None
+        check_scheduler_keywords(lr_scheduler, lr_scheduler_interval, explicit_schedule)
         check_plugins_for_optimizer(plugins or [])
         if criterion is not None and not callable(criterion):
             raise TypeError(f"criterion: expected a callable (logits, targets) -> loss, got {criterion!r}")

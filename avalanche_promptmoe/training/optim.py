@@ -71,8 +71,9 @@ def split_optimizer_keyword(kwargs: dict[str, Any]) -> OptimizerFactory | None:
     return spec
 
 
-def check_scheduler_keywords(factory: SchedulerFactory | None, interval: str, lr_schedule: str) -> None:
-    """Validate ``lr_scheduler`` / ``lr_scheduler_interval`` against the method's ``lr_schedule``."""
+def check_scheduler_keywords(factory: SchedulerFactory | None, interval: str, lr_schedule: str | None) -> None:
+    """Validate ``lr_scheduler`` / ``lr_scheduler_interval`` against an ``lr_schedule`` the user asked for
+    explicitly (``None``: the method's default, which a user scheduler replaces)."""
     if interval not in SCHEDULER_INTERVALS:
         raise ValueError(f"lr_scheduler_interval: expected 'epoch' or 'iteration', got {interval!r}")
     if factory is None:
@@ -82,7 +83,7 @@ def check_scheduler_keywords(factory: SchedulerFactory | None, interval: str, lr
             f"lr_scheduler: expected a factory optimizer -> scheduler (the optimizer is rebuilt every "
             f"experience), e.g. lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 2), got {factory!r}"
         )
-    if lr_schedule != "constant":
+    if lr_schedule not in (None, "constant"):
         raise ValueError(
             f"lr_scheduler: a user scheduler replaces the method's lr_schedule={lr_schedule!r}; "
             f"pass lr_schedule='constant' with it"
