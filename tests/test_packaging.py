@@ -17,7 +17,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 #: top-level import name -> distribution name (as pyproject spells it)
 DIST_OF = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "avalanche": "avalanche-lib",
-           "numpy": "numpy", "tqdm": "tqdm", "PIL": "pillow", "mlflow": "mlflow", "matplotlib": "matplotlib",
+           "numpy": "numpy", "tqdm": "tqdm", "PIL": "pillow", "mlflow": "mlflow", "matplotlib": "matplotlib", "sqlalchemy": "sqlalchemy",
            "huggingface_hub": "timm"}  # huggingface_hub: timm's own dependency, imported under try/except
 
 
@@ -64,10 +64,10 @@ def test_dependencies_match_the_imports():
     assert "quadprog" not in core | set().union(*extras.values())
     assert core <= used, f"declared but never imported by the package: {sorted(core - used)}"
     # the core needs neither MLflow nor matplotlib: only logging/ imports them, and they are the extra
-    optional = {m for m in imports if DIST_OF[m] in {"mlflow", "matplotlib"}}
+    optional = {m for m in imports if DIST_OF[m] in {"mlflow", "matplotlib", "sqlalchemy"}}
     for module in optional:
         assert all(f.startswith("avalanche_promptmoe/logging/") for f in imports[module]), imports[module]
-    assert {"mlflow", "matplotlib"} <= extras["mlflow"] and not {"mlflow", "matplotlib"} & core
+    assert {"mlflow", "matplotlib", "sqlalchemy"} <= extras["mlflow"] and not {"mlflow", "matplotlib", "sqlalchemy"} & core
     assert {DIST_OF[m] for m in imports if m not in optional} <= core
     # README's `pip install -e ".[dev]"` still installs everything the tests and the main job need
     assert "avalanche_promptmoe[mlflow]" in PROJECT["optional-dependencies"]["dev"]
