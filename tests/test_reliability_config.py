@@ -31,7 +31,7 @@ ALL = [MethodConfig, HashConfig, SMoPEConfig, HLGPConfig, LinearProbeConfig, Seq
     (SMoPEConfig, "epsilon", float("inf"), r"epsilon: must be finite"),
     (HashConfig, "lr", float("nan"), r"lr: must be finite"),
     (LinearProbeConfig, "optimizer", "Adam", r"optimizer: expected adam, adamw or sgd, got 'Adam'"),
-    (SequentialPromptConfig, "lr_schedule", "cos", r"lr_schedule: expected constant, cosine or cosine_iter, got 'cos'"),
+    (SequentialPromptConfig, "lr_schedule", "cos", r"lr_schedule: expected constant, cosine, cosine_iter or step, got 'cos'"),
     (SequentialPromptConfig, "prompt_init", "uniform", r"prompt_init: expected uniform_pm1, uniform01, normal or zeros, got 'uniform'"),
     (HiDeBaselineConfig, "phases", ("tii", "wpt"), r"phases: item 1 \('wpt'\)"),
     (HashConfig, "epochs", 2.5, r"epochs: expected an int"),
@@ -60,6 +60,21 @@ def test_every_enumerated_string_field_is_a_literal(cls):
     if "phases" in names:
         assert typing.get_origin(typing.get_args(hints["phases"])[0]) is typing.Literal
     cls()  # the defaults themselves pass
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_a_redeclared_field_keeps_its_parents_choices(cls):
+    """A subclass that re-declares a default keeps the base class's choices (no drift: ``"step"`` is
+    a schedule of every method)."""
+    hints = typing.get_type_hints(cls)
+    for base in cls.__mro__[1:]:
+        if not dataclasses.is_dataclass(base):
+            continue
+        base_hints = typing.get_type_hints(base)
+        for name in ENUMERATED & {f.name for f in dataclasses.fields(base)}:
+            assert set(typing.get_args(hints[name])) == set(typing.get_args(base_hints[name])), (cls, base, name)
+    if "lr_schedule" in hints:
+        cls(lr_schedule="step")
 
 
 def test_strategy_arguments_are_checked():

@@ -9,7 +9,12 @@ from typing import Any, ClassVar, Literal
 
 from .validation import check_config_values
 
-__all__ = ["MethodConfig", "config_fields", "replace_config"]
+__all__ = ["LRSchedule", "MethodConfig", "OptimizerName", "config_fields", "replace_config"]
+
+#: The enumerations every config shares, named once so that a subclass re-declaring a default
+#: cannot drift from the base (the generic validation reads them from the annotations).
+OptimizerName = Literal["adam", "adamw", "sgd"]
+LRSchedule = Literal["constant", "cosine", "cosine_iter", "step"]
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,9 @@ class MethodConfig:
     epochs: int = 20
     lr: float = 0.01
     head_lr_scale: float = 1.0
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    optimizer: OptimizerName = "adam"
     weight_decay: float = 0.0
-    lr_schedule: Literal["constant", "cosine", "cosine_iter", "step"] = "constant"
+    lr_schedule: LRSchedule = "constant"
     clip_grad: float | None = None
     lr_min: float = 0.0
     lr_freeze_iters: int = 0
@@ -64,10 +69,6 @@ class MethodConfig:
             raise ValueError(f"epochs: must be >= 1, got {self.epochs}")
         if self.lr <= 0 or self.head_lr_scale < 0:
             raise ValueError(f"lr: must be > 0 (head_lr_scale >= 0), got lr={self.lr}, head_lr_scale={self.head_lr_scale}")
-        if self.optimizer not in ("adam", "adamw", "sgd"):
-            raise ValueError(f"optimizer: expected adam, adamw or sgd, got {self.optimizer!r}")
-        if self.lr_schedule not in ("constant", "cosine", "cosine_iter", "step"):
-            raise ValueError(f"lr_schedule: expected constant, cosine, cosine_iter or step, got {self.lr_schedule!r}")
         if not 0 <= self.lr_min < self.lr:
             raise ValueError(f"lr_min: must be in [0, lr={self.lr}), got {self.lr_min}")
         if self.lr_freeze_iters < 0:

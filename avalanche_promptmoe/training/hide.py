@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..engine import mask_logits
-from .config import MethodConfig
+from .config import LRSchedule, MethodConfig
 from .features import extract_features
 from .phases import (
     ClassGaussians,
@@ -26,6 +26,11 @@ from .phases import (
     train_head_on_gaussians,
     train_head_on_images,
 )
+
+#: HiDe-phase enumerations shared by every config that runs the phases (one spelling each).
+Phase = Literal["tii", "wtp", "tap"]
+TapOptimizer = Literal["sgd", "adamw"]
+TapSchedule = Literal["cosine", "cosine_iter"]
 
 __all__ = ["HiDeConfig", "HiDePhases"]
 
@@ -71,8 +76,8 @@ class HiDeConfig(MethodConfig):
     lr: float = 0.015
     head_lr_scale: float = 0.1
     clip_grad: float | None = 1.0
-    lr_schedule: Literal["constant", "cosine", "cosine_iter", "step"] = "step"
-    phases: tuple[Literal["tii", "wtp", "tap"], ...] = ("tii", "wtp", "tap")
+    lr_schedule: LRSchedule = "step"
+    phases: tuple[Phase, ...] = ("tii", "wtp", "tap")
     tii_epochs: int = 20
     tii_lr: float = 2.5e-4
     tii_input: Literal["augmented", "cached"] = "augmented"
@@ -81,8 +86,8 @@ class HiDeConfig(MethodConfig):
     tii_replay_lr: float = 2.5e-3
     tap_epochs: int = 30
     tap_lr: float = 0.005
-    tap_optimizer: Literal["sgd", "adamw"] = "sgd"
-    tap_lr_schedule: Literal["cosine", "cosine_iter"] = "cosine"
+    tap_optimizer: TapOptimizer = "sgd"
+    tap_lr_schedule: TapSchedule = "cosine"
     tap_lr_min: float = 0.0
     replay_sampling: Literal["official", "per_class"] = "official"
     tii_replay_batch_ratio: float = 1.0

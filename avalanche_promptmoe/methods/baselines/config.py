@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from ...training.config import MethodConfig
+from ...prompts.pool import InitName
+from ...training.config import LRSchedule, MethodConfig, OptimizerName
 from ...training.hide import HiDeConfig
 
 __all__ = ["HiDeBaselineConfig", "JointPromptConfig", "LinearProbeConfig", "SequentialPromptConfig"]
@@ -18,7 +19,7 @@ class LinearProbeConfig(MethodConfig):
     epochs: int = 20
     lr: float = 0.005
     head_lr_scale: float = 1.0
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    optimizer: OptimizerName = "adamw"
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,11 @@ class SequentialPromptConfig(MethodConfig):
     epochs: int = 20
     lr: float = 0.025
     head_lr_scale: float = 0.2
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
-    lr_schedule: Literal["constant", "cosine", "cosine_iter"] = "cosine"
+    optimizer: OptimizerName = "adamw"
+    lr_schedule: LRSchedule = "cosine"
     layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     length: int = 50
-    prompt_init: Literal["uniform_pm1", "uniform01", "normal", "zeros"] = "uniform01"
+    prompt_init: InitName = "uniform01"
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "length"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"length"})
@@ -70,7 +71,7 @@ class HiDeBaselineConfig(HiDeConfig):
     layers: tuple[int, ...] = (0, 1, 2, 3, 4)
     length: int = 5
     prompt_momentum: float = 0.01
-    prompt_init: Literal["uniform_pm1", "uniform01", "normal", "zeros"] = "uniform_pm1"
+    prompt_init: InitName = "uniform_pm1"
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "length"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"length"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from ...prompts.pool import InitName
 from ...routing import check_top_k
 from ...training.hide import HiDeConfig
 
@@ -37,7 +38,7 @@ class HashConfig(HiDeConfig):
     top_k: int = 2
     delta: float = 0.4
     alpha: float = 0.1
-    prompt_init: Literal["uniform_pm1", "uniform01", "normal", "zeros"] = "uniform_pm1"
+    prompt_init: InitName = "uniform_pm1"
     hgm: Literal["update", "grad"] = "update"
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "num_experts", "length", "top_k"})

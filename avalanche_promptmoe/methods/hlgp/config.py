@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ...prompts.layer_grouped import check_layer_groups
-from ...training.hide import HiDeConfig
+from ...prompts.layer_grouped import PIEMode, check_layer_groups
+from ...training.config import LRSchedule
+from ...training.hide import HiDeConfig, Phase
 
 __all__ = ["HLGPConfig"]
 
@@ -40,15 +41,15 @@ class HLGPConfig(HiDeConfig):
     epochs: int = 20
     lr: float = 0.01
     head_lr_scale: float = 0.5
-    lr_schedule: Literal["constant", "cosine", "cosine_iter", "step"] = "cosine"
-    phases: tuple[Literal["tii", "wtp", "tap"], ...] = ("wtp", "tap")
+    lr_schedule: LRSchedule = "cosine"
+    phases: tuple[Phase, ...] = ("wtp", "tap")
     contrastive_weight: float = 0.0
     layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     groups: tuple[tuple[int, ...], ...] = ((0, 1), (2, 3), (4, 5))
     length: int = 10
     rank: int = 32
     share_kv_adapter: bool = True
-    pie: Literal["per_task", "shared", "none"] = "per_task"
+    pie: PIEMode = "per_task"
     root_std: float = 0.02
     matching: Literal["soft", "hard"] = "soft"
     match_tau: float = 0.1

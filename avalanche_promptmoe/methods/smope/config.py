@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
+from ...prompts.pool import InitName
 from ...routing import check_top_k
-from ...training.hide import HiDeConfig
+from ...training.config import LRSchedule, OptimizerName
+from ...training.hide import HiDeConfig, Phase, TapOptimizer, TapSchedule
 
 __all__ = ["SMoPEConfig"]
 
@@ -42,15 +44,15 @@ class SMoPEConfig(HiDeConfig):
     epochs: int = 20
     lr: float = 0.025
     head_lr_scale: float = 0.2
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    optimizer: OptimizerName = "adamw"
     weight_decay: float = 0.0
-    lr_schedule: Literal["constant", "cosine", "cosine_iter", "step"] = "cosine"
+    lr_schedule: LRSchedule = "cosine"
     clip_grad: float | None = None
-    phases: tuple[Literal["tii", "wtp", "tap"], ...] = ("wtp", "tap")
+    phases: tuple[Phase, ...] = ("wtp", "tap")
     tap_epochs: int = 50
     tap_lr: float = 1e-5
-    tap_optimizer: Literal["sgd", "adamw"] = "adamw"
-    tap_lr_schedule: Literal["cosine", "cosine_iter"] = "cosine_iter"
+    tap_optimizer: TapOptimizer = "adamw"
+    tap_lr_schedule: TapSchedule = "cosine_iter"
     tap_lr_min: float = 1e-6
     tap_batch_ratio: float = 1.0
     replay_weight_decay: float = 5e-4
@@ -65,7 +67,7 @@ class SMoPEConfig(HiDeConfig):
     router_weight: float = 1e-5
     proto_weight: float = 1e-5
     dense_warmup_fraction: float = 0.5
-    prompt_init: Literal["uniform_pm1", "uniform01", "normal", "zeros"] = "uniform01"
+    prompt_init: InitName = "uniform01"
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "num_experts", "top_k"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"num_experts", "top_k"})
