@@ -113,14 +113,6 @@ class HiDeConfig(MethodConfig):
             raise ValueError("n_centroids, tap_centroids, samples_per_class: must be >= 1")
         if self.tau <= 0:
             raise ValueError(f"tau: must be > 0, got {self.tau}")
-        if self.tii_input not in ("augmented", "cached"):
-            raise ValueError(f"tii_input: expected 'augmented' or 'cached', got {self.tii_input!r}")
-        if self.replay_sampling not in ("official", "per_class"):
-            raise ValueError(f"replay_sampling: expected 'official' or 'per_class', got {self.replay_sampling!r}")
-        if self.tap_optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"tap_optimizer: expected 'sgd' or 'adamw', got {self.tap_optimizer!r}")
-        if self.tap_lr_schedule not in ("cosine", "cosine_iter"):
-            raise ValueError(f"tap_lr_schedule: expected 'cosine' or 'cosine_iter', got {self.tap_lr_schedule!r}")
         if self.tii_clip_grad is not None and self.tii_clip_grad <= 0:
             raise ValueError(f"tii_clip_grad: must be > 0 or None, got {self.tii_clip_grad}")
         for name in ("tii_replay_batch_ratio", "tap_batch_ratio"):

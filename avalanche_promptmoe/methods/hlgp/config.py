@@ -73,9 +73,5 @@ class HLGPConfig(HiDeConfig):
             )
         if self.length < 1 or self.rank < 1:
             raise ValueError(f"length, rank: must be >= 1, got {self.length}, {self.rank}")
-        if self.pie not in ("per_task", "shared", "none"):
-            raise ValueError(f"pie: expected 'per_task', 'shared' or 'none', got {self.pie!r}")
-        if self.matching not in ("soft", "hard"):
-            raise ValueError(f"matching: expected 'soft' or 'hard', got {self.matching!r}")
         if self.match_tau <= 0 or self.root_std <= 0:
             raise ValueError(f"match_tau, root_std: must be > 0, got {self.match_tau}, {self.root_std}")
