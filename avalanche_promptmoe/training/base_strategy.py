@@ -91,7 +91,8 @@ class PromptStrategyBase(SupervisedTemplate):
             ``params -> torch.optim.Optimizer`` called at every experience on the trainable parameter
             groups, each with its own ``lr`` (training/optim.py).
         lr_scheduler: a factory ``optimizer -> scheduler`` called at every experience, stepped per
-            ``lr_scheduler_interval`` (``"epoch"`` or ``"iteration"``); needs ``lr_schedule="constant"``.
+            ``lr_scheduler_interval`` (``"epoch"`` or ``"iteration"``); it replaces the method's default
+            ``lr_schedule`` (an explicitly given non-constant one is refused).
         criterion: ``(logits, targets) -> loss``; it gets logits masked to −1e4 outside the admitted
             classes (training: ``mb_output``; evaluation: the seen classes ∪ the batch's own), so it
             should ignore those (a plain or weighted CE does; label smoothing would not).

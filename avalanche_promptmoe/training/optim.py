@@ -12,8 +12,8 @@ prompts, frozen old ones), so a user optimizer or scheduler is given as a *facto
   the factory is only a default, which these groups override).
 * ``lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)``, built on
   each experience's optimizer and stepped after every training epoch (``lr_scheduler_interval=
-  "iteration"``: after every iteration). It replaces the method's own ``lr_schedule``, so that one
-  must be ``"constant"``.
+  "iteration"``: after every iteration). It replaces the method's default ``lr_schedule``; an
+  ``lr_schedule`` asked for explicitly (keyword or ``config=``) must then be ``"constant"``.
 
 Both apply to the Avalanche training loop (HiDe's WTP, SMoPE's dense warm-up and sparse epochs); the
 HiDe phases TII and TAP train their heads on cached features with their own optimizers
