@@ -285,7 +285,7 @@ def train_and_evaluate(strategy: Any, benchmark: Any, run_dir: Path, *, resume: 
     """Train on each experience, evaluate on the tasks seen so far, checkpoint after each one."""
     from tqdm.auto import tqdm
 
-    from avalanche_promptmoe.metrics import summarize
+    from avalanche_promptmoe.logging.strategy_info import final_metrics, task_averaged_metric
 
     last = run_dir / "last.pt"
     start = strategy.resume_from(last) if resume and last.is_file() else 0
@@ -297,23 +297,17 @@ def train_and_evaluate(strategy: Any, benchmark: Any, run_dir: Path, *, resume: 
         strategy.train(stream[i], eval_streams=[])
         strategy.eval(benchmark.test_stream[: i + 1])
         strategy.save_checkpoint(last)
-    matrix = _task_matrix(strategy)
-    summary = {k: float(v) for k, v in summarize(matrix).items()}
-    stream_acc = strategy.evaluator.get_last_metrics()
-    key = next((k for k in stream_acc if k.startswith("Top1_Acc_Stream/eval_phase/test_stream")), None)
+    final = final_metrics(strategy)  # the same figures the MLflow logger records as final/*
+    if final is None:
+        raise RuntimeError("the accuracy matrix is incomplete after the last experience (TaskAveragedMetrics missing?)")
+    summary: dict[str, Any] = {"sample_weighted_stream_acc": float("nan"), **final[0]}
     summary.update(
-        sample_weighted_stream_acc=float(stream_acc[key]) if key else float("nan"),
         wall_time_s=_elapsed_s(strategy, t0),
-        trainable_params=int(strategy.trainable_parameter_count()),
-        accuracy_matrix=matrix.tolist(),
+        trainable_params=int(summary["trainable_params"]),
+        accuracy_matrix=task_averaged_metric(strategy).accuracy_matrix.tolist(),
         resumed_from=start,
     )
     return summary
-
-
-def _task_matrix(strategy: Any) -> Any:
-    metric = next(m for m in strategy.evaluator.metrics if type(m).__name__ == "TaskAveragedMetrics")
-    return metric.accuracy_matrix
 
 
 def _plugin_base() -> type:

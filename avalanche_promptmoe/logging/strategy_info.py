@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["benchmark_protocol", "describe_strategy", "expert_usage", "final_metrics", "method_label"]
+__all__ = [
+    "benchmark_protocol", "describe_strategy", "expert_usage", "final_metrics", "method_label", "task_averaged_metric",
+]
 
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -83,7 +85,8 @@ def expert_usage(strategy: Any) -> Any:
     return accessor() if callable(accessor) else None
 
 
-def _task_metric(strategy: Any) -> Any:
+def task_averaged_metric(strategy: Any) -> Any:
+    """The strategy's :class:`~avalanche_promptmoe.metrics.TaskAveragedMetrics` (accuracy matrix), or None."""
     evaluator = getattr(strategy, "evaluator", None)
     for metric in getattr(evaluator, "metrics", []) or []:
         if type(metric).__name__ == "TaskAveragedMetrics":
@@ -98,7 +101,7 @@ def final_metrics(strategy: Any) -> tuple[dict[str, float], int] | None:
     matrix is complete); None otherwise, or when the strategy has no ``TaskAveragedMetrics``."""
     from avalanche_promptmoe.metrics import summarize
 
-    metric = _task_metric(strategy)
+    metric = task_averaged_metric(strategy)
     if metric is None:
         return None
     try:
