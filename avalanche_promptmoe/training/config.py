@@ -9,12 +9,15 @@ from typing import Any, ClassVar, Literal
 
 from .validation import check_config_values
 
-__all__ = ["LRSchedule", "MethodConfig", "OptimizerName", "config_fields", "replace_config"]
+__all__ = ["LRSchedule", "MethodConfig", "OptimizerName", "Recipe", "config_fields", "replace_config"]
 
 #: The enumerations every config shares, named once so that a subclass re-declaring a default
 #: cannot drift from the base (the generic validation reads them from the annotations).
 OptimizerName = Literal["adam", "adamw", "sgd"]
 LRSchedule = Literal["constant", "cosine", "cosine_iter", "step"]
+#: ``"ours"``: the project's reading (documented per item in docs/methods.md); ``"official"``: what the
+#: official code does, measured against its recorded outputs (../shared/data/conformance).
+Recipe = Literal["ours", "official"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,10 @@ class MethodConfig:
         clip_grad: max gradient norm (``None``: no clipping).
         lr_step_epochs: the ``"step"`` schedule's decay interval in epochs (HiDe ``--decay-epochs`` 30).
         lr_step_gamma: the ``"step"`` schedule's decay factor (HiDe ``--decay-rate`` 0.1).
+        recipe: ``"ours"`` (default) or ``"official"``: one switch that makes a method behave as its
+            official code where that code exists (docs/methods.md "Conformance" lists, per method,
+            every behaviour it switches). A config whose class sets ``HAS_OFFICIAL_RECIPE = False``
+            (methods without official code) refuses ``"official"``.
 
     Class attributes (unions over the MRO, so a subclass lists only its own fields):
         STRUCTURAL: fields that shape the model (layers, experts, lengths...); a checkpoint made with
@@ -50,6 +57,8 @@ class MethodConfig:
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset()
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"epochs", "lr"})
     SIGNED: ClassVar[frozenset[str]] = frozenset()
+    #: Whether ``recipe="official"`` means something for this method (its official code exists).
+    HAS_OFFICIAL_RECIPE: ClassVar[bool] = False
 
     epochs: int = 20
     lr: float = 0.01
@@ -62,9 +71,12 @@ class MethodConfig:
     lr_freeze_iters: int = 0
     lr_step_epochs: int = 30
     lr_step_gamma: float = 0.1
+    recipe: Recipe = "ours"
 
     def __post_init__(self) -> None:
         check_config_values(self)
+        if self.recipe == "official" and not self.HAS_OFFICIAL_RECIPE:
+            raise ValueError(f"recipe: {type(self).__name__} has no official code to reproduce; use recipe='ours'")
         if self.epochs < 1:
             raise ValueError(f"epochs: must be >= 1, got {self.epochs}")
         if self.lr <= 0 or self.head_lr_scale < 0:

@@ -75,6 +75,7 @@ class HiDeBaselineConfig(HiDeConfig):
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "length"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"length"})
+    HAS_OFFICIAL_RECIPE: ClassVar[bool] = True  # thu-ml/HiDe-Prompt
 
     def __post_init__(self) -> None:
         super().__post_init__()

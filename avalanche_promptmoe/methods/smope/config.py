@@ -71,6 +71,7 @@ class SMoPEConfig(HiDeConfig):
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "num_experts", "top_k"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"num_experts", "top_k"})
+    HAS_OFFICIAL_RECIPE: ClassVar[bool] = True  # Minhchuyentoancbn/SMoPE
 
     def __post_init__(self) -> None:
         super().__post_init__()
