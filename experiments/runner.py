@@ -203,7 +203,7 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
 
     strategy_kwargs = dict(cfg["strategy"])
     if strategy_kwargs.get("backbone") == "kit-reference":
-        from avalanche_promptmoe.benchmarks import load_reference_backbone
+        from avalanche_promptmoe.kit import load_reference_backbone
 
         strategy_kwargs["backbone"] = load_reference_backbone(args.kit)
     strategy_kwargs.setdefault("checkpoint_dir", str(run_dir))
