@@ -4,7 +4,6 @@ imported inside the builders). The offline kit (Split Tiny-ImageNet-32, the refe
 importing ``benchmarks`` does not import the engine."""
 
 from avalanche_promptmoe._lazy import lazy_exports
-
 from avalanche_promptmoe.benchmarks.cifar100 import CIFAR100_URL, split_cifar100
 from avalanche_promptmoe.benchmarks.cub200 import CUB200_URL, load_cub200_lists, split_cub200
 from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError

@@ -19,7 +19,6 @@ from avalanche_promptmoe.kit.arrays import load_kit_arrays
 from avalanche_promptmoe.kit.backbone import load_reference_backbone
 from avalanche_promptmoe.kit.benchmark import ToModelInput, reference_transform, split_tinyimagenet32
 from avalanche_promptmoe.kit.bounds import KitBounds, kit_bounds
-
 from avalanche_promptmoe.kit.files import KIT_V1_SHA256, kit_checksums, load_kit_meta, verify_kit
 from avalanche_promptmoe.kit.locate import (
     CACHE_ENV_VAR,

@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from avalanche_promptmoe.kit.locate import KIT_META_NAME, KIT_TAR_NAME, KIT_WEIGHTS_NAME, KitError, user_kit_dir
+from avalanche_promptmoe.kit.locate import (
+    KIT_META_NAME,
+    KIT_TAR_NAME,
+    KIT_WEIGHTS_NAME,
+    KitError,
+    user_kit_dir,
+)
 
 logger = logging.getLogger(__name__)
 

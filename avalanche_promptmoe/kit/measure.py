@@ -83,7 +83,7 @@ def seq_faa(benchmark: Any, vit: Any, *, num_classes: int, epochs: int, train_mb
     from avalanche_promptmoe.methods.registry import get_strategy_class
 
     strategy = get_strategy_class("seq")(backbone=vit, num_classes=num_classes, seed=seed, device=device,
-                                         progress=progress, train_mb_size=train_mb_size,
+                                         progress=progress, loggers=[], train_mb_size=train_mb_size,
                                          eval_mb_size=eval_mb_size, epochs=epochs)
     for i, exp in enumerate(benchmark.train_stream):
         strategy.train(exp, eval_streams=[])
