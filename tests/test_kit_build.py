@@ -156,7 +156,10 @@ def test_image_digests_see_content_not_container(tmp_path: Path) -> None:
     from avalanche_promptmoe.kit.sources import pack_kit_tar
 
     tar_a = pack_kit_tar(folder, out_a / KIT_TAR_NAME, progress=False)
-    tar_b = pack_kit_tar(_zip(tmp_path / "copy.zip", "imageet32x32-abc", files), out_b / KIT_TAR_NAME, progress=False)
+    no_wnids = {k: v for k, v in files.items() if k != "wnids.txt"}  # a copy without it: taken from train/
+    tar_b = pack_kit_tar(_zip(tmp_path / "copy.zip", "imageet32x32-abc", no_wnids), out_b / KIT_TAR_NAME, progress=False)
+    with tarfile.open(tar_b) as tf:
+        assert tf.extractfile("tin/wnids.txt").read().decode().split() == sorted(WNIDS)
     sa, sb = digest_summary(image_digests(tar_a, progress=False)), digest_summary(image_digests(tar_b, progress=False))
     assert sa == sb and sa["n_images"] == 4 * 3 and compare_digests(sa, sb) == []
     # one changed image is found, and located to its class

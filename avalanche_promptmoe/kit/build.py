@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -154,8 +155,6 @@ def build_kit(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     tar, route = _images(args, out)
     digests = _check_digests(tar, out, route, args)
-    import tarfile
-
     with tarfile.open(tar, "r|*") as tf:
         wnids = next(tf.extractfile(m).read().decode().split() for m in tf if m.name == "tin/wnids.txt")
     up, down = class_split(wnids)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import shutil
 import tarfile
 import urllib.request
@@ -87,11 +88,16 @@ def _relative(name: str, root: str) -> str | None:
     return rel if rel in _KEEP_TOP or rel.startswith(_KEEP_DIRS) else None
 
 
+_TRAIN_IMAGE = re.compile(r"^(.*?)train/(n\d+)/images/[^/]+$")
+
+
 def _root_of(names: list[str], src: Path) -> str:
+    """The dataset root: the folder of ``wnids.txt``, else the folder above ``train/<wnid>/images``."""
     roots = sorted((n[: -len("wnids.txt")] for n in names if n.endswith("wnids.txt")), key=len)
+    roots = roots or sorted({m.group(1) for n in names if (m := _TRAIN_IMAGE.match(n))}, key=len)
     if not roots:
-        raise KitError(f"{src}: no wnids.txt found; expected the Tiny-ImageNet layout (wnids.txt, "
-                       f"train/<wnid>/images, val/images, val/val_annotations.txt). {KIT_HELP}")
+        raise KitError(f"{src}: neither wnids.txt nor train/<wnid>/images found; expected the Tiny-ImageNet "
+                       f"layout (wnids.txt, train/<wnid>/images, val/images, val/val_annotations.txt). {KIT_HELP}")
     return roots[0]
 
 
@@ -172,6 +178,12 @@ def pack_kit_tar(src: str | Path, out: Path, *, progress: bool = True) -> Path:
         return out
     tmp = out.with_name(out.name + ".part")
     members = sorted(iter_dataset_members(src))
+    names = {rel for rel, _ in members}
+    if "val/val_annotations.txt" not in names:
+        raise KitError(f"{src}: no val/val_annotations.txt (the val images' labels); use another image route")
+    if "wnids.txt" not in names:  # a copy without it: the wnids are the train folders
+        wnids = sorted({rel.split("/")[1] for rel in names if rel.startswith("train/")})
+        members = sorted([*members, ("wnids.txt", "\n".join(wnids).encode() + b"\n")])
     with tarfile.open(tmp, "w:xz") as tf:
         for rel, data in tqdm(members, desc="packing the kit archive", unit="file", disable=not progress):
             if rel.lower().endswith((".jpeg", ".jpg")):
