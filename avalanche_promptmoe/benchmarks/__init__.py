@@ -33,7 +33,6 @@ _KIT_NAMES = (
 __getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(_KIT_NAMES, "avalanche_promptmoe.kit"), globals())
 
 __all__ = [
-    "CACHE_ENV_VAR",
     "CIFAR100_URL",
     "CUB200_URL",
     "CorruptImageError",
@@ -48,17 +47,6 @@ __all__ = [
     "split_cifar100",
     "split_cub200",
     "split_imagenet_r",
-    "KIT_ENV_VAR",
-    "KIT_V1_SHA256",
-    "KitError",
-    "ToModelInput",
-    "default_cache_dir",
-    "default_kit_dir",
-    "kit_checksums",
-    "load_kit_arrays",
-    "load_kit_meta",
-    "load_reference_backbone",
-    "reference_transform",
-    "split_tinyimagenet32",
     "verify_image_datasets",
+    *_KIT_NAMES,
 ]

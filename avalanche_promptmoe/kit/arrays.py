@@ -85,6 +85,13 @@ def _stack(items: list[tuple[int, str, np.ndarray]], n_classes: int, split: str,
     return {"x": x, "y": labels, "files": np.array([t[1] for t in items])}
 
 
+def _split_arrays(train: list, test: list, n_classes: int, src: Path) -> dict[str, np.ndarray]:
+    """``x_train, y_train, train_files`` and the same for test, from (label, file, image) items."""
+    tr, te = _stack(train, n_classes, "train", src), _stack(test, n_classes, "test", src)
+    return {"x_train": tr["x"], "y_train": tr["y"], "train_files": tr["files"],
+            "x_test": te["x"], "y_test": te["y"], "test_files": te["files"]}
+
+
 def decode_kit_tar(tar_path: Path, wnids: Sequence[str]) -> dict[str, np.ndarray]:
     """Decode the train and val images of the classes ``wnids`` (label = index) from a kit tar, in one
     sequential pass; ``x_train (N, 32, 32, 3)`` uint8, ``y_train``, ``train_files`` and the same for test."""
@@ -129,16 +136,7 @@ def decode_kit_tar(tar_path: Path, wnids: Sequence[str]) -> dict[str, np.ndarray
                 bar.update()
     except (tarfile.TarError, lzma.LZMAError, EOFError, zlib.error) as exc:
         raise KitError(f"corrupt or truncated kit archive {tar_path}: {exc}; {KIT_HELP}") from exc
-    tr = _stack(train, len(wnids), "train", tar_path)
-    te = _stack(test, len(wnids), "test", tar_path)
-    return {
-        "x_train": tr["x"],
-        "y_train": tr["y"],
-        "train_files": tr["files"],
-        "x_test": te["x"],
-        "y_test": te["y"],
-        "test_files": te["files"],
-    }
+    return _split_arrays(train, test, len(wnids), tar_path)
 
 
 def _read_extracted(folder: Path, wnids: Sequence[str]) -> dict[str, np.ndarray]:
@@ -176,16 +174,7 @@ def _read_extracted(folder: Path, wnids: Sequence[str]) -> dict[str, np.ndarray]
                     raise KitError(f"cannot read {path}: {exc}") from exc
                 out.append((label, name, decode_jpeg(data, str(path))))
                 bar.update()
-    tr = _stack(train, len(wnids), "train", folder)
-    te = _stack(test, len(wnids), "test", folder)
-    return {
-        "x_train": tr["x"],
-        "y_train": tr["y"],
-        "train_files": tr["files"],
-        "x_test": te["x"],
-        "y_test": te["y"],
-        "test_files": te["files"],
-    }
+    return _split_arrays(train, test, len(wnids), folder)
 
 
 _ARRAY_KEYS = ("x_train", "y_train", "train_files", "x_test", "y_test", "test_files")
