@@ -64,11 +64,12 @@ def read_bounds_file(path: str | os.PathLike | Any) -> list[dict[str, Any]]:
     """The entries of a ``kit_bounds.json`` (``{"entries": [{tar_sha256, weights_sha256, protocol,
     bounds, sources}]}``). Raises :class:`KitError` naming the file if it is not of that form."""
     try:
-        data = json.loads(Path(path).read_text() if not hasattr(path, "read_text") else path.read_text())
-        entries = data["entries"]
-        assert isinstance(entries, list) and all(isinstance(e["bounds"], dict) for e in entries)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError) as exc:
+        entries = json.loads(path.read_text() if hasattr(path, "read_text") else Path(path).read_text())["entries"]
+        valid = isinstance(entries, list) and all(isinstance(e["bounds"], dict) for e in entries)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise KitError(f"{path}: not a kit bounds file ({{'entries': [...]}} with bounds): {exc}") from exc
+    if not valid:
+        raise KitError(f"{path}: not a kit bounds file: 'entries' must be a list of objects with 'bounds'")
     return entries
 
 

@@ -126,6 +126,7 @@ def _pretrain(tar: Path, up: list[str], down: list[str], args: argparse.Namespac
                                                  "max_steps": args.max_steps, "seed": args.seed}.items()
                                if v is not None})
     arch = _arch(args)
+    torch.manual_seed(recipe.seed)  # the initial weights too come from the recipe's seed
     model = timm.create_model(arch["timm_name"], pretrained=False, num_classes=len(up),
                               drop_path_rate=recipe.drop_path, **arch["timm_kwargs"])
     t0 = time.perf_counter()

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -43,13 +42,6 @@ class PretrainRecipe:
     crop_padding: int = 4
     seed: int = 0
     max_steps: int | None = None  # stop early (tests); None = every epoch in full
-
-    @classmethod
-    def from_meta(cls, pretraining: Mapping[str, Any], **overrides: Any) -> PretrainRecipe:
-        """The recipe of a kit JSON's ``pretraining`` section (unknown keys ignored), then ``overrides``."""
-        names = {f.name for f in fields(cls)}
-        given = {k: v for k, v in pretraining.items() if k in names}
-        return cls(**{**given, **{k: v for k, v in overrides.items() if v is not None}})
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
