@@ -92,7 +92,7 @@ def _split_arrays(train: list, test: list, n_classes: int, src: Path) -> dict[st
             "x_test": te["x"], "y_test": te["y"], "test_files": te["files"]}
 
 
-def decode_kit_tar(tar_path: Path, wnids: Sequence[str]) -> dict[str, np.ndarray]:
+def decode_kit_tar(tar_path: Path, wnids: Sequence[str], *, progress: bool = True) -> dict[str, np.ndarray]:
     """Decode the train and val images of the classes ``wnids`` (label = index) from a kit tar, in one
     sequential pass; ``x_train (N, 32, 32, 3)`` uint8, ``y_train``, ``train_files`` and the same for test."""
     from tqdm.auto import tqdm
@@ -105,7 +105,7 @@ def decode_kit_tar(tar_path: Path, wnids: Sequence[str]) -> dict[str, np.ndarray
     try:
         with (
             tarfile.open(tar_path, mode="r|xz") as tf,
-            tqdm(total=n_expected, desc="decoding tinyimagenet32", unit="img", leave=False) as bar,
+            tqdm(total=n_expected, desc="decoding tinyimagenet32", unit="img", leave=False, disable=not progress) as bar,
         ):
             for member in tf:  # one sequential pass: xz cannot seek
                 if not member.isfile():

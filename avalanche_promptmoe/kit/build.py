@@ -121,7 +121,7 @@ def _pretrain(tar: Path, up: list[str], down: list[str], args: argparse.Namespac
     def chw(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
 
-    upstream, downstream = decode_kit_tar(tar, up), decode_kit_tar(tar, down)
+    upstream, downstream = (decode_kit_tar(tar, w, progress=not args.quiet) for w in (up, down))
     recipe = PretrainRecipe(**{k: v for k, v in {"epochs": args.epochs, "batch": args.batch,
                                                  "max_steps": args.max_steps, "seed": args.seed}.items()
                                if v is not None})
@@ -185,7 +185,8 @@ def build_kit(args: argparse.Namespace) -> dict[str, Any]:
                                    device=args.device, probe_epochs=args.probe_epochs, progress=not args.quiet)
         entries.append({"tar_sha256": measured["tar_sha256"], "weights_sha256": meta["sha256"][KIT_WEIGHTS_NAME],
                         "protocol": spec["protocol"], "bounds": measured["bounds"],
-                        "sources": {"all": "python -m avalanche_promptmoe.kit build", "seq": spec.get("seq")}})
+                        "sources": {"all": "python -m avalanche_promptmoe.kit build",
+                                    "seq_settings": spec.get("seq") if args.seq else None}})
     (out / BOUNDS_FILE).write_text(json.dumps({"format": 1, "entries": entries}, indent=1) + "\n")
     print(json.dumps({"kit": str(out), "measured": meta["measured"], "bounds": [e["bounds"] for e in entries]},
                      indent=1))
