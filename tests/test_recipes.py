@@ -8,6 +8,7 @@ exactly the table's keys, and name every setting its method trains with.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import re
@@ -137,7 +138,11 @@ def _required(benchmark: str, method: str) -> set[str]:
     if "method.length" in cfg and method != "smope":
         need.add("method.length")
     if benchmark == "imagenet_r":
-        need.add("benchmark.split_seed")
+        need.add("benchmark.split" if cfg["benchmark.split"] == "smope" else "benchmark.split_seed")
+    if method == "smope":  # issue #17: the paper configs state the recipe and its official values
+        need |= {"method.recipe", "method.tap_first_lr"}
+        if schedule == "cosine_iter":
+            need.add("method.lr_iter_step")
     if issubclass(cls, HiDeConfig):
         phases = cfg["method.phases"]
         need.add("method.phases")
@@ -170,3 +175,29 @@ def test_recipe_facts_of_issue_12():
         s = resolved(b, "smope")
         assert (s["benchmark.class_order"], s["benchmark.pipeline"], s["benchmark.normalize"]) == ("python", "smope", "none")
         assert s["method.tap_batch_ratio"] == (6.0 if b == "imagenet_r" else 1.0)
+
+
+@pytest.mark.parametrize("benchmark", list(SPECS))
+def test_smope_paper_configs_build_the_official_recipe(benchmark: str):
+    """Issue #17: every SMoPE paper config builds a strategy that runs the official recipe (lagged
+    per-iteration cosine over iter_step x epochs, TAP first step at ca_lr, drop_last, fp32)."""
+    from conftest import make_tiny_vit
+
+    cfg = apply_overrides(load_config(benchmark, "smope"), [])
+    cls = get_strategy_class("smope")
+    validate_config(cfg, SPECS[benchmark], cls)
+    method = dict(cfg["method"])
+    s = cls.from_config({"backbone": make_tiny_vit(depth=6), "num_classes": SPECS[benchmark].num_classes,
+                         "train_mb_size": cfg["strategy"]["train_mb_size"], "device": "cpu", "loggers": [],
+                         "progress": False, "method": method})
+    assert s.cfg.recipe == "official" and s.official
+    assert s.tap_first_lr() == 1e-4
+    assert isinstance(s._autocast(), contextlib.nullcontext)  # fp32
+    s.dataloader = range(39)  # 5,000 / 128 with drop_last
+    opts = s.schedule_options()
+    if s.cfg.lr_schedule == "cosine_iter":
+        assert opts == {"lag": True, "iters_per_epoch": 40 if benchmark == "cifar100" else 39}
+    else:
+        assert opts == {}
+    if benchmark == "imagenet_r":
+        assert cfg["benchmark"]["split"] == "smope"

@@ -415,3 +415,63 @@ def test_model_imports_without_avalanche_or_mlflow():
         "assert not any(m.startswith(('avalanche.', 'mlflow.')) for m in sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_official_recipe_end_to_end():
+    """recipe="official" (issue #17) on the tiny benchmark, 2 experiences of 32 images, batch 12:
+    the training loader and the count pass drop the last partial batch (2 batches = 24 images
+    counted, K per image, layer and head), the count pass and the TAP statistics read the training
+    transform in fp32, the main cosine's first iteration runs at the group lr (the lag) and the TAP's
+    at ``tap_first_lr``. The default recipe counts all 32 eval-transform images."""
+    lrs: list[tuple[int, float]] = []
+    groups: list[str] = []
+
+    class LrProbe(SupervisedPlugin):
+        checkpoint_stateless = True  # a test probe
+
+        def before_training_iteration(self, strategy, **kwargs):
+            lrs.append((strategy.task_id, strategy.optimizer.param_groups[0]["lr"]))
+
+    def strategy(recipe: str, **kw) -> SMoPEStrategy:
+        cfg = dict(TINY, train_epochs=1, recipe=recipe, lr_schedule="cosine_iter", lr_min=1e-4, lr_freeze_iters=1,
+                   tap_lr_schedule="cosine_iter", tap_lr_min=1e-6, tap_lr=1e-3, **kw)
+        s = SMoPEStrategy(backbone=tiny_backbone(), num_classes=6, train_mb_size=12, device="cpu", loggers=[],
+                          progress=False, seed=0, plugins=[LrProbe()], **cfg)
+        source = s.statistics_source
+
+        def spy():
+            ds, autocast = source()
+            groups.append((ds._flat_data._transform_groups.current_group, autocast))
+            return ds, autocast
+
+        s.statistics_source = spy
+        return s
+
+    bm = make_benchmark(n_exp=2)
+    s = strategy("official", tap_first_lr=5e-3)
+    tap_lrs: list[float] = []
+    import avalanche_promptmoe.training.phases as phases
+
+    real_fit = phases._fit
+    with pytest.MonkeyPatch.context() as mp:
+        def fit(*a, **k):
+            tap_lrs.append(k.get("first_lr"))
+            return real_fit(*a, **k)
+
+        mp.setattr(phases, "_fit", fit)
+        s.train(bm.train_stream[0], eval_streams=[])
+        counts0 = s.expert_usage()
+        s.train(bm.train_stream[1], eval_streams=[])
+    K = s.cfg.top_k
+    assert (counts0.sum(-1) == 24 * K).all()  # 2 full batches of 12, the last 8 dropped
+    assert (s.expert_usage().sum(-1) == 48 * K).all()
+    task1 = [lr for t, lr in lrs if t == 1]
+    assert len(task1) == 2  # one sparse epoch of 2 batches (drop_last; 3 without)
+    assert task1[0] == pytest.approx(s.cfg.lr) and task1[1] == pytest.approx(1e-4)  # lag, then the frozen step
+    assert tap_lrs == [5e-3] and groups == [("train", False), ("train", False)]
+
+    groups.clear()
+    d = strategy("ours")
+    d.train(bm.train_stream[0], eval_streams=[])
+    assert (d.expert_usage().sum(-1) == 32 * K).all()  # all 32 eval-transform images
+    assert groups == [("eval", True)]

@@ -26,12 +26,13 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from avalanche_promptmoe.benchmarks.errors import DatasetNotFoundError
 from avalanche_promptmoe.benchmarks.image_files import ImagePathsDataset, verify_image_datasets
+from avalanche_promptmoe.benchmarks.smope_splits import SMOPE_SPLITS_COMMIT, read_smope_split, smope_split_dir
 from avalanche_promptmoe.benchmarks.transforms import (
     ClassOrderRule,
     NormalizeSpec,
@@ -107,6 +108,27 @@ def _split(root: str | os.PathLike, split_seed: int) -> tuple[Path, list[str], l
     return base, wnids, sorted(train), sorted(test)
 
 
+def _smope_split(
+    root: str | os.PathLike, split_dir: str | os.PathLike | None
+) -> tuple[Path, list[str], list[str], dict[str, int]]:
+    """SMoPE's official lists (``smope_splits``): base folder, train and test paths, wnid → label."""
+    base, _ = _resolve_root(root)
+    folder = smope_split_dir(split_dir)
+    train, train_y = read_smope_split(folder, "imagenet-r_train.yaml")
+    test, test_y = read_smope_split(folder, "imagenet-r_test.yaml")
+    label_of: dict[str, int] = {}
+    for path, label in zip(train + test, train_y + test_y):
+        if label_of.setdefault(path.split("/", 1)[0], label) != label:
+            raise DatasetNotFoundError(f"{folder}: class {path.split('/', 1)[0]} has two labels in the split lists")
+    missing = [p for p in train + test if not (base / p).is_file()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"ImageNet-R in {base} lacks {len(missing)} image(s) of SMoPE's split lists (e.g. {missing[:3]}); "
+            f"{_inr_help(base.parent)}"
+        )
+    return base, train, test, label_of
+
+
 def imagenet_r_split(root: str | os.PathLike, split_seed: int = 0) -> tuple[list[str], list[str], str]:
     """Compute the seeded per-class 80/20 ImageNet-R split (rule in the module docstring).
 
@@ -138,8 +160,11 @@ def split_imagenet_r(
     verify: bool = False,
     class_order: ClassOrderRule = "numpy",
     pipeline: Pipeline = "hide",
+    split: Literal["seeded", "smope"] = "seeded",
+    split_dir: str | os.PathLike | None = None,
 ) -> Any:
-    """Class-incremental Split ImageNet-R on the computed 80/20 split (:func:`imagenet_r_split`).
+    """Class-incremental Split ImageNet-R on the computed 80/20 split (:func:`imagenet_r_split`) or,
+    with ``split="smope"``, on SMoPE's official split lists and labels (``smope_splits``).
 
     Built with Avalanche's ``class_incremental_benchmark`` (streams ``train`` / ``test``, samples
     ``(x, y)``, no task labels; label = index of the wnid in sorted order, not remapped). The class
@@ -161,6 +186,11 @@ def split_imagenet_r(
         class_order: ``"numpy"`` (the order above), ``"natural"`` (0..n-1 for any seed: HiDe-Prompt) or
             ``"python"`` (``random.seed(seed); random.shuffle``: SMoPE); see ``transforms.class_order_for``.
         pipeline: ``"hide"`` (HiDe-Prompt's transforms) or ``"smope"`` (SMoPE's ``get_transform``).
+        split: ``"seeded"`` (ours, ``split_seed``) or ``"smope"``: SMoPE's official lists (24,000 /
+            6,000 images) with their labels, checked by sha256 (SMoPE's official recipe;
+            ``split_seed`` unused).
+        split_dir: where the SMoPE lists are (default: the search order of
+            ``smope_splits.smope_split_dir``).
 
     Returns:
         An Avalanche ``CLScenario`` with ``train_stream`` / ``test_stream``, ``class_order`` and
@@ -171,8 +201,17 @@ def split_imagenet_r(
         DatasetNotFoundError: the dataset is missing or a class folder is (nearly) empty.
         ValueError: ``n_experiences`` is not a positive divisor of the class count.
     """
-    base, wnids, train, test = _split(root, split_seed)
-    sha = hashlib.sha256(_canonical_text(train, test).encode("utf-8")).hexdigest()
+    if split == "smope":
+        base, train, test, label_of = _smope_split(root, split_dir)
+        wnids = sorted(label_of, key=label_of.__getitem__)
+        rule = f"SMoPE's official lists and labels (dataloaders/splits @ {SMOPE_SPLITS_COMMIT[:8]})"
+    elif split == "seeded":
+        base, wnids, train, test = _split(root, split_seed)
+        label_of = {w: i for i, w in enumerate(wnids)}
+        rule = "per class: RandomState(split_seed) permutation of sorted paths, floor(80%) train"
+    else:
+        raise ValueError(f"split: expected 'seeded' or 'smope', got {split!r}")
+    sha = hashlib.sha256(_canonical_text(sorted(train), sorted(test)).encode("utf-8")).hexdigest()
     n_classes = len(wnids)
     if n_classes != _N_CLASSES:
         logger.warning(
@@ -181,7 +220,6 @@ def split_imagenet_r(
     tf_train, tf_eval = build_transforms("imagenet_r", img_size=img_size, normalize=normalize, pipeline=pipeline)
     tf_train = train_transform or tf_train
     tf_eval = eval_transform or tf_eval
-    label_of = {w: i for i, w in enumerate(wnids)}
     train_ds = ImagePathsDataset(base, train, [label_of[p.split("/", 1)[0]] for p in train])
     test_ds = ImagePathsDataset(base, test, [label_of[p.split("/", 1)[0]] for p in test])
     for ds in (train_ds, test_ds):
@@ -193,8 +231,9 @@ def split_imagenet_r(
         train_transform=tf_train, eval_transform=tf_eval, name="split_imagenet_r", root=base,
         normalize=normalize, img_size=img_size, class_order=class_order, pipeline=pipeline, log_note=f"split sha256 {sha[:12]}",
         details={
+            "split": split,
             "split_seed": int(split_seed),
-            "split_rule": "per class: RandomState(split_seed) permutation of sorted paths, floor(80%) train",
+            "split_rule": rule,
             "split_sha256": sha,
             "wnids": list(wnids),
         },

@@ -360,16 +360,23 @@ class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLo
             self._scheduler = build_user_scheduler(self._lr_scheduler_factory, opt)
             self._scheduler_per_iteration = self._lr_scheduler_interval == "iteration"
             return
-        self._scheduler, self._scheduler_per_iteration = build_lr_scheduler(
-            opt, cfg.lr_schedule, epochs=self.schedule_epochs(),
+        options = dict(
+            epochs=self.schedule_epochs(),
             iters_per_epoch=len(self.dataloader) if cfg.lr_schedule == "cosine_iter" else None,
             lr_min=cfg.lr_min, freeze_iters=cfg.lr_freeze_iters,
             step_epochs=cfg.lr_step_epochs, step_gamma=cfg.lr_step_gamma,
         )
+        options.update(self.schedule_options())
+        self._scheduler, self._scheduler_per_iteration = build_lr_scheduler(opt, cfg.lr_schedule, **options)
 
     def schedule_epochs(self) -> int:
         """Epochs the learning-rate schedule built by :meth:`make_optimizer` spans."""
         return self.train_epochs
+
+    def schedule_options(self) -> dict[str, Any]:
+        """Keywords of ``build_lr_scheduler`` a method overrides (SMoPE's official recipe: the
+        cosine's iterations per epoch and its one-iteration lag); none by default."""
+        return {}
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")

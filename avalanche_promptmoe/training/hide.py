@@ -137,16 +137,27 @@ class HiDePhases:
         self._feature_cache: dict[str, tuple[int, Tensor, Tensor]] = {}
 
     # -- features -----------------------------------------------------------------------------
+    def statistics_source(self) -> tuple[Any, bool]:
+        """``(dataset, bf16 autocast)`` the phase statistics' features come from: the current
+        experience's training set with eval transforms, autocast on CUDA (SMoPE's official recipe
+        overrides it: training transform, fp32)."""
+        return self.experience.dataset.eval(), True
+
+    def tap_first_lr(self) -> float | None:
+        """The TAP's first-iteration lr under SMoPE's official schedule lag (``None``: no lag)."""
+        return None
+
     def _experience_features(self, kind: str, fn: Any) -> tuple[Tensor, Tensor]:
-        """Features of the current experience's training set (eval transforms), cached per task."""
+        """Features of the current experience's training set (:meth:`statistics_source`), cached per task."""
         cached = self._feature_cache.get(kind)
         if cached is not None and cached[0] == self.task_id:
             return cached[1], cached[2]
         was_training = self.model.training
         self.model.eval()
+        dataset, autocast = self.statistics_source()
         feats, labels = extract_features(
-            fn, self.experience.dataset.eval(), batch_size=self.eval_mb_size, device=self.device,
-            desc=f"{kind} features (task {self.task_id})", autocast=True, progress=self.progress,
+            fn, dataset, batch_size=self.eval_mb_size, device=self.device,
+            desc=f"{kind} features (task {self.task_id})", autocast=autocast, progress=self.progress,
         )
         self.model.train(was_training)
         self._feature_cache[kind] = (self.task_id, feats, labels)
@@ -229,7 +240,8 @@ class HiDePhases:
                 batch_size=self._replay_batch_size(cfg.tap_batch_ratio), optimizer=cfg.tap_optimizer,
                 weight_decay=cfg.replay_weight_decay, generator=self.generator, device=self.device,
                 sampling=cfg.replay_sampling, previous_classes=self._previous_class_count(),
-                schedule=cfg.tap_lr_schedule, lr_min=cfg.tap_lr_min, progress=self.progress,
+                schedule=cfg.tap_lr_schedule, lr_min=cfg.tap_lr_min, first_lr=self.tap_first_lr(),
+                progress=self.progress,
                 desc=f"TAP (task {task})",
             )
 

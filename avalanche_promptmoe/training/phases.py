@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..engine.heads import mask_logits
-from .schedules import cosine_iter_factor
+from .schedules import cosine_iter_factor, lagged_factor
 
 __all__ = [
     "ClassGaussians",
@@ -167,6 +167,7 @@ def _fit(
     iters_per_epoch: int | None = None,
     lr_min: float = 0.0,
     clip_grad: float | None = None,
+    first_lr: float | None = None,
     desc: str = "head",
     progress: bool = False,
 ) -> float:
@@ -174,7 +175,9 @@ def _fit(
 
     ``schedule``: ``"constant"``; ``"cosine"`` per epoch to ``lr_min`` (``CosineAnnealingLR``,
     T_max = epochs, as HiDe); ``"cosine_iter"`` per iteration over ``epochs × iters_per_epoch`` to
-    ``lr_min`` (SMoPE's ``CosineSchedulerIter``). A progress bar over the epochs shows the last loss.
+    ``lr_min`` (SMoPE's ``CosineSchedulerIter``); with ``first_lr`` it runs with SMoPE's lag: the
+    first iteration at ``first_lr``, iteration ``k`` at the cosine's step ``k − 1``
+    (``schedules.lagged_factor``). A progress bar over the epochs shows the last loss.
     """
     from tqdm.auto import tqdm
 
@@ -185,10 +188,13 @@ def _fit(
         if not iters_per_epoch:
             raise ValueError("schedule 'cosine_iter' needs iters_per_epoch")
         total = max(1, epochs * iters_per_epoch)
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, [
+        factors = [
             cosine_iter_factor(g["lr"], total_iters=total, lr_min=lr_min, freeze_iters=0)
             for g in optimizer.param_groups
-        ])
+        ]
+        if first_lr is not None:
+            factors = [lagged_factor(f, first_lr / g["lr"]) for f, g in zip(factors, optimizer.param_groups)]
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
     elif schedule != "constant":
         raise ValueError(f"schedule: expected 'constant', 'cosine' or 'cosine_iter', got {schedule!r}")
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -307,6 +313,7 @@ def train_head_on_gaussians(
     previous_classes: int | None = None,
     schedule: Literal["cosine", "cosine_iter"] = "cosine",
     lr_min: float = 0.0,
+    first_lr: float | None = None,
     progress: bool = False,
     desc: str = "replay",
 ) -> float:
@@ -319,8 +326,10 @@ def train_head_on_gaussians(
     ``classes``, shuffles them and runs ``previous_classes`` iterations (the number of classes of
     the earlier tasks), each on the next ``batch_size`` slice.
     Optimiser: SGD (momentum 0.9) or AdamW at ``lr`` with ``weight_decay``; ``schedule`` ``"cosine"``
-    per epoch (HiDe) or ``"cosine_iter"`` per iteration (SMoPE), both down to ``lr_min``; logits
-    outside ``classes`` masked. Returns the last loss.
+    per epoch (HiDe) or ``"cosine_iter"`` per iteration (SMoPE), both down to ``lr_min``;
+    ``first_lr`` (``"cosine_iter"`` only): SMoPE's official lag, the first iteration at ``first_lr``
+    (its ``ca_lr``), then the cosine from ``lr`` one iteration late. Logits outside ``classes``
+    masked. Returns the last loss.
     """
     classes = list(classes)
     params = [p for p in head.parameters() if p.requires_grad]
@@ -360,7 +369,7 @@ def train_head_on_gaussians(
         raise ValueError(f"sampling: expected 'per_class' or 'official', got {sampling!r}")
 
     return _fit(head, batches, epochs=epochs, optimizer=opt, allowed=allowed, schedule=schedule, device=device,
-                iters_per_epoch=iters, lr_min=lr_min, desc=desc, progress=progress)
+                iters_per_epoch=iters, lr_min=lr_min, first_lr=first_lr, desc=desc, progress=progress)
 
 
 def contrastive_regulariser(features: Tensor, prototypes: Tensor | None, tau: float = 0.8) -> Tensor:

@@ -11,6 +11,11 @@
   ``epoch + 1`` to ``lr·γ^⌊epoch / interval⌋``. So epoch ``e`` (0-based) trains at
   ``lr·γ^⌊max(e − 1, 0) / interval⌋``: with interval 30, epochs 0–30 at ``lr`` and 31–59 at ``γ·lr``
   (:func:`step_factor`).
+
+``lag=True`` (SMoPE's official recipe) runs ``"cosine_iter"`` as SMoPE's ``CosineSchedulerIter``
+is run (``utils/schedulers.py:84-97`` @27b982c5): its constructor's ``step(0)`` fires before the
+cosine table exists, so iteration 0 trains at the param group's lr and iteration ``k ≥ 1`` at the
+table's entry ``k − 1`` (:func:`lagged_factor`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["SCHEDULES", "build_lr_scheduler", "cosine_iter_factor", "step_factor"]
+__all__ = ["SCHEDULES", "build_lr_scheduler", "cosine_iter_factor", "lagged_factor", "step_factor"]
 
 SCHEDULES = ("constant", "cosine", "cosine_iter", "step")
 
@@ -49,6 +54,12 @@ def cosine_iter_factor(base_lr: float, *, total_iters: int, lr_min: float, freez
     return factor
 
 
+def lagged_factor(factor: Callable[[int], float], first: float = 1.0) -> Callable[[int], float]:
+    """SMoPE's one-iteration lag (``CosineSchedulerIter``, ``utils/schedulers.py:84-97`` @27b982c5):
+    step 0 at ``first`` (the group's own lr, as a factor of it), step ``k ≥ 1`` at ``factor(k − 1)``."""
+    return lambda step: first if step == 0 else factor(step - 1)
+
+
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer,
     schedule: str,
@@ -59,12 +70,14 @@ def build_lr_scheduler(
     freeze_iters: int = 0,
     step_epochs: int = 30,
     step_gamma: float = 0.1,
+    lag: bool = False,
 ) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, bool]:
     """The scheduler for one training phase and whether it steps per iteration (else per epoch).
 
     ``iters_per_epoch`` is needed by ``"cosine_iter"`` only; ``step_epochs`` / ``step_gamma`` by
-    ``"step"`` only. Raises ``ValueError`` on an unknown schedule; warns when the frozen start covers
-    the whole phase."""
+    ``"step"`` only; ``lag`` (``"cosine_iter"`` only) runs it with SMoPE's one-iteration lag
+    (:func:`lagged_factor`: iteration 0 at the group's lr). Raises ``ValueError`` on an unknown
+    schedule; warns when the frozen start covers the whole phase."""
     if schedule == "constant":
         return None, False
     if schedule == "step":
@@ -90,4 +103,6 @@ def build_lr_scheduler(
         cosine_iter_factor(g["lr"], total_iters=total, lr_min=lr_min, freeze_iters=freeze_iters)
         for g in optimizer.param_groups
     ]
+    if lag:
+        factors = [lagged_factor(f) for f in factors]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors), True

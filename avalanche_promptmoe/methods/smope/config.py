@@ -39,6 +39,19 @@ class SMoPEConfig(HiDeConfig):
         dense_warmup_fraction: the first task first trains densely for ``int(epochs · fraction)``
             epochs, then resets the optimizer and trains sparsely for ``epochs`` (0: no warm-up).
         prompt_init: pool initialisation, U(0, 1) (``nn.init.uniform_``).
+        recipe: ``"official"`` makes the run behave as the official code (SMoPE @27b982c5, measured
+            against its recorded outputs, tests/test_conformance_smope.py): the count pass excludes
+            zero-count experts *live* (the set shrinks batch by batch), on the shuffled training
+            loader (training transform, ``train_mb_size``, ``drop_last``); the ``cosine_iter``
+            schedules run one iteration late (iteration 0 at the group's lr) over
+            ``lr_iter_step × epochs`` iterations; the training loader drops its last partial batch;
+            TAP statistics on the training transform; fp32 (no bf16 autocast). docs/methods.md "SMoPE".
+        lr_iter_step: official recipe only: the iterations per epoch the per-iteration cosine spans
+            (the yaml's ``iter_step``: CIFAR 40, while 5,000 / 128 with ``drop_last`` gives 39);
+            ``None``: the loader's real count.
+        tap_first_lr: official recipe only: the TAP's first iteration runs at the AdamW group's lr
+            ``ca_lr`` = 1e-4 before the cosine from ``tap_lr`` = ``ca_lr / 10`` takes over
+            (``None``: at ``tap_lr``).
     """
 
     epochs: int = 20
@@ -68,6 +81,8 @@ class SMoPEConfig(HiDeConfig):
     proto_weight: float = 1e-5
     dense_warmup_fraction: float = 0.5
     prompt_init: InitName = "uniform01"
+    lr_iter_step: int | None = None
+    tap_first_lr: float | None = None
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "num_experts", "top_k"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"num_experts", "top_k"})
@@ -92,3 +107,13 @@ class SMoPEConfig(HiDeConfig):
             raise ValueError(f"dense_warmup_fraction: must be >= 0, got {self.dense_warmup_fraction}")
         if not self.layers:
             raise ValueError("layers: give at least one prompted block")
+        for name in ("lr_iter_step", "tap_first_lr"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.recipe != "official":
+                raise ValueError(f"{name}: only the official recipe uses it; set recipe='official' or drop it")
+            if value <= 0:
+                raise ValueError(f"{name}: must be > 0 or None, got {value}")
+        if self.lr_iter_step is not None and self.lr_schedule != "cosine_iter":
+            raise ValueError(f"lr_iter_step: only the 'cosine_iter' schedule uses it, got lr_schedule={self.lr_schedule!r}")

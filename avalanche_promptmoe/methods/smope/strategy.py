@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -16,7 +17,34 @@ from ...training.plugins import PhaseSchedulerPlugin, PrototypeLossPlugin, Routi
 from .config import SMoPEConfig
 from .model import SMoPEModel
 
-__all__ = ["SMoPEStrategy"]
+__all__ = ["SMoPEStrategy", "count_batch", "router_loss"]
+
+
+def count_batch(model: SMoPEModel, usage: ExpertUsage, x: Tensor, *, live: bool = False) -> Tensor:
+    """One batch of the post-task count pass: an eval-mode forward, then the top-K of each layer's
+    unpenalised scores added to ``usage.pending``. Returns the features ``(B, D)``.
+
+    ``live`` (the official recipe): before the forward, the inference exclusion is reset to the
+    experts with zero count *so far* (committed + this pass), as the official pass runs with
+    ``train=False`` and ``e_freq`` growing after every batch (``learners/prompt.py:404-422``,
+    ``models/zoo.py:166-228`` @27b982c5): experts not yet counted in this pass are excluded.
+    Otherwise the exclusion set fixed before the pass applies (ours).
+    """
+    if live:
+        model.set_usage(model.frequent.cpu(), ((usage.counts + usage.pending) == 0))
+    feats = model.forward_features(x)
+    for layer, idx in model.unpenalised_top_k().items():
+        usage.record(model.pool.pos(layer), idx)
+    return feats
+
+
+def router_loss(model: SMoPEModel, epsilon: float) -> Tensor:
+    """The unweighted router loss of the model's last sparse forward, summed over layers, heads and
+    the K targets with a batch mean as the released code (``OnePrompt.router_loss``,
+    ``models/zoo.py:75-108``): ``Σ_l H · K · router_margin_loss``."""
+    scores, routing = model.last_scores, model.last_routing
+    per_layer = [router_margin_loss(scores[i].float(), routing[i].indices, epsilon) for i in model.layers]
+    return torch.stack(per_layer).sum() * (model.vit.num_heads * model.top_k)
 
 
 class SMoPEStrategy(HiDePhases, PromptStrategyBase):
@@ -96,24 +124,36 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
         if self._sparse_epochs is not None:
             self.train_epochs, self._sparse_epochs = self._sparse_epochs, None
 
+    @property
+    def official(self) -> bool:
+        """Whether the run follows the official code (``recipe = "official"``)."""
+        return self.cfg.recipe == "official"
+
     @torch.no_grad()
     def count_usage(self) -> None:
         """Add the top-K hits of the unpenalised proxy scores over the current experience's training
-        data (eval transforms, eval-mode model) to the usage counter's pending counts."""
+        data (eval-mode model) to the usage counter's pending counts: ours on the eval transform in
+        order with fixed exclusion; the official recipe on the shuffled training loader (training
+        transform, ``train_mb_size``, ``drop_last``, fp32) with live exclusion (:func:`count_batch`)."""
         usage, model = self.routing_history.usage, self.model
         was_training = model.training
         model.eval()
+        if self.official:
+            from torch.utils.data import DataLoader
+            from tqdm.auto import tqdm
 
-        def record(x: Tensor) -> Tensor:
-            feats = model.forward_features(x)
-            for layer, idx in model.unpenalised_top_k().items():
-                usage.record(model.pool.pos(layer), idx)
-            return feats[:, :1]
-
-        extract_features(
-            record, self.experience.dataset.eval(), batch_size=self.eval_mb_size, device=self.device,
-            desc=f"expert usage (task {self.task_id})", autocast=True, progress=self.progress,
-        )
+            loader = DataLoader(self.experience.dataset.train(), batch_size=self.train_mb_size, shuffle=True,
+                                drop_last=True, generator=self.generator)
+            for batch in tqdm(loader, desc=f"expert usage (task {self.task_id})", leave=False,
+                              disable=not self.progress):
+                count_batch(model, usage, batch[0].to(self.device), live=True)
+            self._sync_usage(include_pending=False)  # back to the committed masks until the commit
+        else:
+            extract_features(
+                lambda x: count_batch(model, usage, x)[:, :1], self.experience.dataset.eval(),
+                batch_size=self.eval_mb_size, device=self.device, desc=f"expert usage (task {self.task_id})",
+                autocast=True, progress=self.progress,
+            )
         model.train(was_training)
 
     def _sync_usage(self, *, include_pending: bool) -> None:
@@ -126,6 +166,38 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
             preview.commit(snapshot=False)
             usage = preview
         self.model.set_usage(usage.frequent(), usage.never_selected())
+
+    # ------------------------------------------------------------------ official-recipe switches
+    def _autocast(self):
+        """fp32 in the official recipe (the official code has no autocast), else the base's bf16."""
+        return contextlib.nullcontext() if self.official else super()._autocast()
+
+    def make_train_dataloader(self, **kwargs: Any) -> None:
+        """The official loader drops the last partial batch (``trainer.py`` ``drop_last=True``)."""
+        if self.official:
+            kwargs["drop_last"] = True
+        super().make_train_dataloader(**kwargs)
+
+    def schedule_options(self) -> dict[str, Any]:
+        """Official recipe, ``cosine_iter``: the lagged ``CosineSchedulerIter`` over
+        ``lr_iter_step × epochs`` iterations (the loader's count when ``lr_iter_step`` is None)."""
+        cfg = self.cfg
+        if not self.official or cfg.lr_schedule != "cosine_iter":
+            return {}
+        return {"lag": True, "iters_per_epoch": cfg.lr_iter_step or len(self.dataloader)}
+
+    def tap_first_lr(self) -> float | None:
+        """Official recipe: TAP's lagged schedule starts at ``tap_first_lr`` (``ca_lr``)."""
+        if not self.official:
+            return None
+        return self.cfg.tap_first_lr if self.cfg.tap_first_lr is not None else self.cfg.tap_lr
+
+    def statistics_source(self) -> tuple[Any, bool]:
+        """Official recipe: TAP statistics on the training transform (``_compute_mean`` reads
+        ``train_dataset``), fp32; ours: the eval transform."""
+        if self.official:
+            return self.experience.dataset.train(), False
+        return super().statistics_source()
 
     # ------------------------------------------------------------------ optimiser and epochs
     def schedule_epochs(self) -> int:
@@ -178,10 +250,7 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
         self.last_router_loss = None
         if model.dense or not cfg.router_weight:
             return loss
-        H, eps = model.vit.num_heads, cfg.epsilon
-        scores, routing = model.last_scores, model.last_routing
-        per_layer = [router_margin_loss(scores[i].float(), routing[i].indices, eps) for i in model.layers]
-        router = torch.stack(per_layer).sum() * (H * model.top_k)
+        router = router_loss(model, cfg.epsilon)
         self.last_router_loss = router.detach()
         router = cfg.router_weight * router
         return router if loss is None else loss + router
