@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avalanche_promptmoe.benchmarks.tinyimagenet32 import default_kit_dir
 from avalanche_promptmoe.engine.heads import mask_logits
+from avalanche_promptmoe.kit import default_kit_dir
 from avalanche_promptmoe.methods.smope.config import SMoPEConfig
 from avalanche_promptmoe.methods.smope.model import SMoPEModel
 from avalanche_promptmoe.methods.smope.strategy import count_batch, router_loss

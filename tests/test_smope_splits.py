@@ -17,7 +17,7 @@ from avalanche_promptmoe.benchmarks.smope_splits import (
     smope_split_dir,
     smope_split_url,
 )
-from avalanche_promptmoe.benchmarks.tinyimagenet32 import default_kit_dir
+from avalanche_promptmoe.kit import default_kit_dir
 
 SHARED = default_kit_dir() / "smope-imagenet-r-splits"
 
