@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 DB_NAME = "mlflow.db"
 CONNECT_TIMEOUT_S = 2.0
 LOCK_TIMEOUT_S = 120.0
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
@@ -178,6 +179,10 @@ def open_run(uri: str, experiment_name: str, run_name: str | None) -> Store:
             store.experiment_id = experiment.experiment_id
             if experiment.lifecycle_stage == "deleted":
                 client.restore_experiment(experiment.experiment_id)
+        if experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags:
+            # MLflow ≥ 3 opens an experiment without this tag on its GenAI "Overview" of traces;
+            # ours are model-training runs (the UI's runs table, with their metrics)
+            client.set_experiment_tag(store.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
         run = client.create_run(store.experiment_id, run_name=run_name)
     store.run_id, store.artifact_uri = run.info.run_id, run.info.artifact_uri
     return store

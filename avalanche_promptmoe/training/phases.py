@@ -175,6 +175,7 @@ def _fit(
     ``schedule``: ``"constant"``; ``"cosine"`` per epoch to ``lr_min`` (``CosineAnnealingLR``,
     T_max = epochs, as HiDe); ``"cosine_iter"`` per iteration over ``epochs × iters_per_epoch`` to
     ``lr_min`` (SMoPE's ``CosineSchedulerIter``). A progress bar over the epochs shows the last loss.
+    The head's gradients are cleared (``None``) on return.
     """
     from tqdm.auto import tqdm
 
@@ -212,6 +213,7 @@ def _fit(
         if progress:
             bar.set_postfix(loss=f"{float(last):.4f}")
     bar.close()
+    optimizer.zero_grad(set_to_none=True)  # no stale gradients for the next phase's plugins (AGEM...)
     head.eval()
     return float(last)
 
