@@ -70,7 +70,7 @@ def tiny_runs(store: Path, experiment: str) -> str:
         vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
                                 embed_dim=64, depth=3, num_heads=2)
         logger = MLflowLogger(experiment, tracking_uri=uri, run_name=f"{cls.method_name}-tiny", benchmark=bm)
-        strategy = cls(backbone=vit, num_classes=6, train_mb_size=16, train_epochs=2, lr=0.01, device="cpu",
+        strategy = cls(backbone=vit, num_classes=6, train_mb_size=16, train_epochs=1, lr=0.01, device="cpu",
                        loggers=[logger], progress=False, **kw)
         for exp in bm.train_stream:
             strategy.train(exp, eval_streams=[])
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         uri = f"sqlite:///{store.resolve() / 'mlflow.db'}"
     from mlflow.tracking import MlflowClient
 
+    from avalanche_promptmoe.logging.mlflow_store import RESULTS_VIEW_KEY
+
     experiment = MlflowClient(uri).get_experiment_by_name(args.experiment)
     if experiment is None:
         raise SystemExit(f"--experiment: no experiment {args.experiment!r} in {uri}")
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(base + "/health")
-        url = f"{base}/#/experiments/{experiment.experiment_id}/runs"
+        url = f"{base}/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={RESULTS_VIEW_KEY}"
         args.out.parent.mkdir(parents=True, exist_ok=True)
         screenshot(url, args.out.resolve(), args.chromium, args.size, args.wait_ms)
     finally:

@@ -27,7 +27,7 @@ def _run(tmp_path: Path, protocol: dict | None):
     bm = make_benchmark(n_exp=2, per_class=8, test_per_class=4)
     if protocol is not None:
         bm.protocol = protocol
-    logger = MLflowLogger("ui", tracking_uri=uri)
+    logger = MLflowLogger("ui", tracking_uri=uri, benchmark=bm if protocol is not None else None)
     s = make_tiny_strategy("seq", num_classes=4, loggers=[logger])
     for exp in bm.train_stream:
         s.train(exp, eval_streams=[])
@@ -57,7 +57,8 @@ def test_run_carries_source_commit_user_dataset_and_faa_history(tmp_path):
 def test_a_benchmark_without_protocol_is_logged_from_its_stream(tmp_path):
     client, run_id = _run(tmp_path, None)
     (logged,) = client.get_run(run_id).inputs.dataset_inputs
-    assert logged.dataset.digest and len(logged.dataset.digest) == 16
+    assert logged.dataset.name == "benchmark" and len(logged.dataset.digest) == 16
+    assert '"experiences": 2' in logged.dataset.profile
     again = benchmark_dataset(None, {"name": "x", "experiences": 2})
     assert again.digest == benchmark_dataset(None, {"experiences": 2, "name": "x"}).digest  # canonical
 

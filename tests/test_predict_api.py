@@ -14,6 +14,8 @@ from strategy_kit import make_tiny_strategy
 class EvalOutputs(SupervisedPlugin):
     """Keeps what evaluation scored: ``mb_output`` and the inputs, per mini-batch."""
 
+    checkpoint_stateless = True
+
     def __init__(self) -> None:
         super().__init__()
         self.x, self.y, self.out, self.t = [], [], [], []
@@ -21,11 +23,12 @@ class EvalOutputs(SupervisedPlugin):
     def after_eval_forward(self, strategy, **kwargs) -> None:
         self.x.append(strategy.mb_x.detach().clone())
         self.y.append(strategy.mb_y.detach().clone())
-        self.t.append(strategy.mb_task_id.detach().clone())
+        if len(strategy.mbatch) >= 3:  # a stream with task labels
+            self.t.append(strategy.mbatch[2].detach().clone())
         self.out.append(strategy.mb_output.detach().clone())
 
     def cat(self):
-        return torch.cat(self.x), torch.cat(self.y), torch.cat(self.t), torch.cat(self.out)
+        return torch.cat(self.x), torch.cat(self.y), torch.cat(self.t) if self.t else None, torch.cat(self.out)
 
 
 def _trained(name, n_exp=2, **kw):

@@ -79,7 +79,8 @@ def stream_summary(experience: Any) -> dict[str, Any] | None:
         return None
     classes = [sorted(int(c) for c in getattr(e, "classes_in_this_experience", []) or []) for e in exps]
     sizes = [len(e.dataset) for e in exps]
-    return {"name": f"{type(getattr(stream, 'benchmark', stream)).__name__}", "stream": getattr(stream, "name", ""),
+    benchmark = getattr(stream, "benchmark", None)
+    return {"name": type(benchmark).__name__ if benchmark is not None else "benchmark", "stream": getattr(stream, "name", ""),
             "experiences": len(exps), "train_samples": sum(sizes), "class_order": json.dumps(classes),
             "samples_per_experience": json.dumps(sizes)}
 

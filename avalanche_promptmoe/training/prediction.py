@@ -90,14 +90,14 @@ class PredictionMixin:
                              f"call {state['strategy']}.from_checkpoint")
         spec = state["backbone"]
         args: dict[str, Any] = {"num_classes": state["num_classes"], "seed": state["seed"]}
-        if "backbone" not in kwargs:
-            if not _is_timm_name(spec["backbone"]):
-                raise ValueError(
-                    f"checkpoint: {path} was trained on a backbone built in code ({spec['backbone']}); pass "
-                    f"backbone=<the same model> to from_checkpoint"
-                )
+        if "backbone" not in kwargs and not _is_timm_name(spec["backbone"]):
+            raise ValueError(
+                f"checkpoint: {path} was trained on a backbone built in code ({spec['backbone']}); pass "
+                f"backbone=<the same model> to from_checkpoint"
+            )
+        if isinstance(kwargs.get("backbone", spec["backbone"]), str):  # a timm name: its weights as trained
             args.update(backbone=spec["backbone"], pretrained=spec["pretrained"],
-                         checkpoint_path=spec["checkpoint_path"], backbone_kwargs=spec["backbone_kwargs"])
+                        checkpoint_path=spec["checkpoint_path"], backbone_kwargs=spec["backbone_kwargs"])
         if "config" not in kwargs:
             args["config"] = replace_config(cls.config_cls(), state["config"])
         args.update(kwargs)
