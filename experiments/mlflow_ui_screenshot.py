@@ -34,6 +34,10 @@ CHROMIUM_FLAGS = (
     "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
 )
 
+#: A loopback address other than 127.0.0.1: on "localhost" MLflow's UI opens its Assistant panel,
+#: which hides a third of the runs table
+HOST = "127.0.0.2"
+
 
 def tiny_runs(store: Path, experiment: str) -> str:
     """Two tiny logged runs (hash, seq) in a fresh SQLite store under ``store``; returns its URI."""
@@ -81,7 +85,7 @@ def tiny_runs(store: Path, experiment: str) -> str:
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
@@ -134,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--experiment: no experiment {args.experiment!r} in {uri}")
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", HOST,
+         "--port", str(port), "--workers", "1", "--allowed-hosts", f"{HOST}:{port},{HOST}",
+         "--cors-allowed-origins", f"http://{HOST}:{port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,  # its workers too
     )
     try:
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://{HOST}:{port}"
         wait_for(base + "/health")
         url = f"{base}/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={RESULTS_VIEW_KEY}"
         args.out.parent.mkdir(parents=True, exist_ok=True)

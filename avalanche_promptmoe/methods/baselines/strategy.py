@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import itertools
-
 from typing import Any
 
 import torch
