@@ -21,13 +21,12 @@ __all__ = ["check_supported_plugins"]
 _MAC_METRICS = frozenset({"MinibatchMAC", "EpochMAC", "ExperienceMAC"})
 
 
-def check_supported_plugins(strategy_name: str, plugins: Iterable[Any], metrics: Iterable[Any],
-                            grows_per_task: bool) -> None:
+def check_supported_plugins(strategy_name: str, plugins: Iterable[Any], evaluator: Any, grows_per_task: bool) -> None:
     """Raise ``ValueError`` for a plugin or metric listed in this module's docstring.
 
     Args:
         strategy_name: the strategy class's name (for the message).
-        plugins: the plugins given to the strategy; metrics: the evaluator's metrics.
+        plugins: the strategy's plugins; evaluator: its ``EvaluationPlugin`` (its ``metrics`` are read).
         grows_per_task: the model adds parameters per task (``model.structure()`` is not empty).
     """
     from avalanche.training.plugins import GDumbPlugin
@@ -38,7 +37,7 @@ def check_supported_plugins(strategy_name: str, plugins: Iterable[Any], metrics:
             f"copy, which holds fewer tasks than the strategy trains; use it with SequentialPromptStrategy, "
             f"LinearProbeStrategy or SMoPEStrategy, or ReplayPlugin for rehearsal here"
         )
-    macs = sorted({type(m).__name__ for m in metrics} & _MAC_METRICS)
+    macs = sorted({type(m).__name__ for m in getattr(evaluator, "metrics", [])} & _MAC_METRICS)
     if macs:
         raise ValueError(
             f"evaluator: MAC_metrics ({', '.join(macs)}) cannot measure {strategy_name}: it counts nn.Linear/Conv "

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["keyword_docstring", "resolve_train_epochs", "section_entries", "strategy_keyword_docs"]
+__all__ = ["keyword_docstring", "method_section_keywords", "resolve_train_epochs", "section_entries", "strategy_keyword_docs"]
 
 _ENTRY = re.compile(r"^(?P<names>\*{0,2}[A-Za-z_]\w*(?:\s*[,/]\s*[A-Za-z_]\w*)*)\s*:\s*(?P<text>.*)$")
 
@@ -102,3 +102,12 @@ def resolve_train_epochs(train_epochs: int | None, overrides: dict[str, Any]) ->
     if train_epochs is not None:
         overrides["epochs"] = train_epochs
     return train_epochs
+
+
+def method_section_keywords(method: dict[str, Any], flat: dict[str, Any]) -> dict[str, Any]:
+    """A config file's ``[method]`` section as strategy keywords: its ``epochs`` (the config field's
+    name) becomes ``train_epochs`` unless the strategy keywords ``flat`` already set it."""
+    method = dict(method)
+    if "epochs" in method and "train_epochs" not in flat:
+        flat["train_epochs"] = method.pop("epochs")
+    return method

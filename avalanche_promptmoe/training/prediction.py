@@ -79,9 +79,9 @@ class PredictionMixin:
         when the original is not available here). The backbone must be the one trained on (its
         fingerprint is checked), as in :meth:`resume_from`.
         """
-        from .checkpoint import load_checkpoint_file
+        from .checkpointing.checkpoint import load_checkpoint_file
+        from .checkpointing.resume import check_checkpoint_payload
         from .config import replace_config
-        from .resume import check_checkpoint_payload
 
         state = load_checkpoint_file(path)
         check_checkpoint_payload(state, path)
