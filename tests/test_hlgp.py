@@ -204,7 +204,7 @@ def trained(tmp_path_factory):
     s.model.eval()
     batches = _test_batches(bm)
     with torch.no_grad():
-        logits = [s.predict_logits(x, None) for x, _ in batches]
+        logits = [s.inference_logits(x, None) for x, _ in batches]
     return dict(bm=bm, s=s, created=created, after=after, root=root, result=result, batches=batches, logits=logits)
 
 
@@ -301,7 +301,7 @@ def test_resume_reproduces_eval_outputs_bit_for_bit(trained) -> None:
     s2.model.eval()
     with torch.no_grad():
         for (x, _), ref in zip(trained["batches"], trained["logits"], strict=True):
-            assert torch.equal(s2.predict_logits(x, None), ref)
+            assert torch.equal(s2.inference_logits(x, None), ref)
     assert s2.eval(trained["bm"].test_stream)["Top1_Acc_Stream/eval_phase/test_stream"] == \
         trained["result"]["Top1_Acc_Stream/eval_phase/test_stream"]
 
@@ -313,7 +313,7 @@ def test_resume_mid_run_matches_the_uninterrupted_run(trained) -> None:
     s2.model.eval()
     with torch.no_grad():
         for (x, _), ref in zip(trained["batches"], trained["logits"], strict=True):
-            assert torch.equal(s2.predict_logits(x, None), ref)
+            assert torch.equal(s2.inference_logits(x, None), ref)
 
 
 def test_end_to_end_with_task_labels() -> None:
@@ -332,7 +332,7 @@ def test_end_to_end_with_task_labels() -> None:
     x = next(iter(torch.utils.data.DataLoader(bm.test_stream[1].dataset.eval(), batch_size=16)))[0]
     s.model.eval()
     with torch.no_grad():
-        oracle = s.predict_logits(x, torch.ones(len(x), dtype=torch.long))
+        oracle = s.inference_logits(x, torch.ones(len(x), dtype=torch.long))
         torch.testing.assert_close(oracle, s.model(x, 1), rtol=1e-5, atol=1e-5)  # task 1's own prompt
 
 

@@ -22,10 +22,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "## Use it with your own Avalanche pipeline"
 
 
-def section_blocks() -> list[str]:
+def section_blocks(section: str = SECTION) -> list[str]:
     text = README.read_text()
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
+    start = text.index(section)
+    end = text.find("\n## ", start + len(section))
     return re.findall(r"```python\n(.*?)```", text[start:end if end > 0 else None], re.S)
 
 
@@ -64,3 +64,23 @@ def test_readme_section_snippets_run(tmp_path, monkeypatch):
     moved = ns["moved"][0]
     assert moved[2] > 0 and torch.allclose(moved[2], moved[3], rtol=1e-4)
     assert torch.allclose(moved[:2], 0.1 * moved[2:], rtol=1e-3)
+
+
+def test_readme_use_a_trained_model(tmp_path, monkeypatch):
+    """The "Use a trained model" snippet: ``common`` names a timm ViT with a local weight file (so
+    that ``from_checkpoint`` rebuilds the backbone from the checkpoint alone)."""
+    monkeypatch.chdir(tmp_path)
+    (block,) = section_blocks("## Use a trained model")
+    vit_kwargs = dict(img_size=32, patch_size=8, embed_dim=64, depth=4, num_heads=2)
+    torch.save(make_tiny_vit(**vit_kwargs).state_dict(), tmp_path / "tiny_vit.pth")
+    common = dict(backbone="vit_tiny_patch16_224", checkpoint_path=str(tmp_path / "tiny_vit.pth"),
+                  backbone_kwargs=vit_kwargs, num_classes=6, train_mb_size=8, train_epochs=1, device="cpu",
+                  progress=False, loggers=[], num_experts=4, top_k=2, **FAST_HIDE)
+    ns: dict = {"benchmark": make_benchmark(n_exp=2, classes_per_exp=3, per_class=6, test_per_class=4),
+                "common": common}
+    exec(compile(block, "README.md[Use a trained model]", "exec"), ns)
+    images, classes, logits = ns["images"], ns["classes"], ns["logits"]
+    assert classes.dtype == torch.int64 and classes.shape == (len(images),)
+    assert torch.equal(classes, ns["strategy"].predict(images))  # the rebuilt strategy predicts as the trained
+    assert torch.equal(logits, ns["strategy"].predict_logits(images))
+    assert set(classes.tolist()) <= set(range(6)) and (logits > -1e4).all()  # both experiences trained

@@ -117,7 +117,8 @@ def test_non_structural_settings_may_change_on_resume(trained_ckpt, caplog):
     s = make(lr=0.02, train_epochs=1, optimizer="sgd")
     with caplog.at_level(logging.WARNING):
         assert s.resume_from(trained_ckpt) == 1
-    assert s.resume_overrides == {"lr": (0.01, 0.02), "optimizer": ("adamw", "sgd")}
+    # train_epochs is the config's epochs (what runs), so a change of it is reported too
+    assert s.resume_overrides == {"epochs": (2, 1), "lr": (0.01, 0.02), "optimizer": ("adamw", "sgd")}
     assert "lr: 0.01 -> 0.02" in caplog.text and "optimizer: 'adamw' -> 'sgd'" in caplog.text
 
 

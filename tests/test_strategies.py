@@ -162,7 +162,7 @@ def test_save_load_identical_outputs(tmp_path):
     x = torch.stack([bm.test_stream[0].dataset[i][0] for i in range(8)])
     s.model.eval(), t.model.eval()
     with torch.no_grad():
-        assert torch.equal(s.predict_logits(x, None), t.predict_logits(x, None))
+        assert torch.equal(s.inference_logits(x, None), t.inference_logits(x, None))
     t.eval(bm.test_stream)  # eval right after resume is allowed
 
 

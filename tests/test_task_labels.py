@@ -55,9 +55,9 @@ def test_readme_loop_with_task_labels_evaluates_untrained_experiences_without_th
     s.model.eval()
     with torch.no_grad():
         untrained = s._predict_with_task_labels(x, torch.ones(6, dtype=torch.long))
-        torch.testing.assert_close(untrained, s.predict_logits(x, None).float())
+        torch.testing.assert_close(untrained, s.inference_logits(x, None).float())
         mixed = s._predict_with_task_labels(x, torch.tensor([0, 1, 0, 1, 0, 1]))
-        oracle = s.predict_logits(x, torch.zeros(6, dtype=torch.long)).float()
+        oracle = s.inference_logits(x, torch.zeros(6, dtype=torch.long)).float()
     torch.testing.assert_close(mixed[0::2], oracle[0::2])  # trained experience: its oracle task id
     torch.testing.assert_close(mixed[1::2], untrained[1::2])
     s.train(labelled.train_stream[1], eval_streams=[])
@@ -72,11 +72,11 @@ def test_out_of_range_task_ids_are_a_clear_error(cls, labelled):
     x = torch.stack([labelled.test_stream[0].dataset[i][0] for i in range(2)])
     s.model.eval()
     with pytest.raises(ValueError, match=r"task ids? \[?-1\]? (is|are) outside the 1 task\(s\)"):
-        s.predict_logits(x, torch.tensor(-1) if cls is LayerGroupedPromptStrategy else -1)
+        s.inference_logits(x, torch.tensor(-1) if cls is LayerGroupedPromptStrategy else -1)
     with pytest.raises(ValueError, match=r"task ids \[-1, 3\] are outside the 1 task\(s\)"):
-        s.predict_logits(x, torch.tensor([3, -1]))
+        s.inference_logits(x, torch.tensor([3, -1]))
     with pytest.raises(ValueError, match=r"task ids \[1\] are outside"):
-        s.predict_logits(x, torch.tensor([0, 1]))  # a task not trained yet
+        s.inference_logits(x, torch.tensor([0, 1]))  # a task not trained yet
 
 
 @pytest.mark.parametrize("task_labels_kind", ["none", "all_zero"])

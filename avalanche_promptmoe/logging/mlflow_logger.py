@@ -56,6 +56,12 @@ from avalanche_promptmoe.logging.run_info import (
     sanitize_key,
     to_dict,
 )
+from avalanche_promptmoe.logging.run_record import (
+    benchmark_dataset,
+    source_tags,
+    start_system_metrics,
+    stream_summary,
+)
 
 __all__ = ["MLflowFallbackWarning", "MLflowLogger"]
 
@@ -146,6 +152,7 @@ class MLflowLogger(MLflowRunMixin, MLflowApiMixin, BaseLogger):
             "mlflow_version": package_version("mlflow"),
         }
         self._tags["mlflow.source.git.commit"] = self._tags["git_commit"]
+        self._tags.update(source_tags(self._tags["git_commit"]))  # the UI's Source, Version and User
         self._tags.update({sanitize_key(k): str(v) for k, v in (tags or {}).items()})
         self._params: dict[str, str] = {
             "library_version": self._tags["library_version"],
@@ -181,6 +188,9 @@ class MLflowLogger(MLflowRunMixin, MLflowApiMixin, BaseLogger):
         self._benchmark = benchmark
         self._strategy_logged = False
         self._protocol_logged = False
+        self._dataset: Any = None  # the benchmark as an MLflow dataset (run_record.benchmark_dataset)
+        self._dataset_sent = False
+        self._system_monitor: Any = None  # MLflow's system-metrics monitor (CUDA runs)
         self._context = ("", "")  # (method, benchmark) for figure titles
         lifecycle.register(self)
 
@@ -234,12 +244,20 @@ class MLflowLogger(MLflowRunMixin, MLflowApiMixin, BaseLogger):
             self._add_params(flatten_config(strategy_info.describe_strategy(strategy)))
         self._log_resume_overrides(strategy)
         self._log_protocol(strategy)
+        self._record_dataset(strategy)
         self._context = (strategy_info.method_label(strategy), self._benchmark_name(strategy))
         self._sync()
+        if self._system_monitor is None and self._store is not None:
+            self._system_monitor = start_system_metrics(self._store.run_id, self._store.uri,
+                                                        getattr(strategy, "device", "cpu"))
 
     def before_training_exp(self, strategy: Any, metric_values: Any = None, **kwargs: Any) -> None:
         if not self._protocol_logged and self._log_protocol(strategy):
             self._sync()
+        if self._dataset is None:
+            self._record_dataset(strategy)
+            if self._dataset is not None:
+                self._sync()
 
     def before_eval(self, strategy: Any, metric_values: Any = None, **kwargs: Any) -> None:
         self._settle_step_offset(strategy)
@@ -295,6 +313,14 @@ class MLflowLogger(MLflowRunMixin, MLflowApiMixin, BaseLogger):
         text = json.dumps(protocol, indent=2, default=str)
         self._stage("protocol.json", lambda p: p.write_text(text))
         return True
+
+    def _record_dataset(self, strategy: Any) -> None:
+        """The benchmark as an MLflow dataset, once: from its ``protocol`` record, else from the
+        training stream (experiences, classes, sizes)."""
+        if self._dataset is None:
+            protocol = strategy_info.benchmark_protocol(strategy, self._benchmark)
+            summary = None if protocol else stream_summary(getattr(strategy, "experience", None))
+            self._dataset = benchmark_dataset(protocol, summary)
 
     def _benchmark_name(self, strategy: Any) -> str:
         protocol = strategy_info.benchmark_protocol(strategy, self._benchmark) or {}

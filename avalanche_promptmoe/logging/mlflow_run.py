@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Param, RunTag
 
 from avalanche_promptmoe.logging.mlflow_store import STORE_ERRORS, open_run, reopen_run
 from avalanche_promptmoe.logging.run_info import sanitize_key
@@ -108,6 +108,9 @@ class MLflowRunMixin:
         if self._closed:
             return
         status = status or ("FAILED" if failed else "FINISHED")
+        if self._system_monitor is not None:  # MLflow's system metrics (CUDA runs)
+            self._guard("stopping system metrics", self._system_monitor.finish)
+            self._system_monitor = None
         if status not in _STATUSES:
             raise ValueError(f"status: expected one of {_STATUSES}, got {status!r}")
         self._status = status
@@ -171,6 +174,7 @@ class MLflowRunMixin:
                 _log.warning("could not delete the superseded MLflow run %s: %s", current.run_id, err)
             self._store = None
             self._tags_sent, self._params_sent, self._metrics_sent, self._files_sent = {}, set(), 0, 0
+            self._dataset_sent = False
             self._artifacts_pending = set(self._artifacts)
         self._started = False
         self._resume = dict(state)
@@ -209,6 +213,11 @@ class MLflowRunMixin:
             if not self._guard("logging tags", client.log_batch, run_id, tags=chunk, synchronous=True):
                 return False
             self._tags_sent.update({t.key: t.value for t in chunk})
+        if self._dataset is not None and not self._dataset_sent:  # the UI's Datasets column
+            inputs = [DatasetInput(self._dataset, tags=[InputTag("mlflow.data.context", "train")])]
+            if not self._guard("logging the dataset", client.log_inputs, run_id, datasets=inputs):
+                return False
+            self._dataset_sent = True
         params = [Param(k, v) for k, v in self._params.items() if k not in self._params_sent]
         for chunk in _chunks(params, _PARAMS_PER_BATCH):
             if not self._guard("logging params", client.log_batch, run_id, params=chunk, synchronous=True):
@@ -303,6 +312,7 @@ class MLflowRunMixin:
         if failed is not None:
             self._tags["fallback_from_run_id"] = failed.run_id
         self._tags_sent, self._params_sent, self._metrics_sent, self._files_sent = {}, set(), 0, 0
+        self._dataset_sent = False
         self._artifacts_pending = set(self._artifacts)
         self._remote_params = {}
         try:

@@ -9,6 +9,7 @@ that several processes starting at once on a fresh store do not race MLflow's sc
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -27,6 +28,17 @@ from mlflow.tracking import MlflowClient
 DB_NAME = "mlflow.db"
 CONNECT_TIMEOUT_S = 2.0
 LOCK_TIMEOUT_S = 120.0
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+#: The UI's shared view "results" (``#/experiments/<id>/runs?viewStateShareKey=results``): the runs
+#: table with who ran what (user, source script, commit, dataset) and the results as columns.
+RESULTS_VIEW_KEY = "results"
+RESULTS_VIEW_TAG = f"mlflow.sharedViewState.{RESULTS_VIEW_KEY}"
+RESULTS_VIEW = {
+    "selectedColumns": [
+        "attributes.`User`", "attributes.`Source`", "attributes.`Version`", "attributes.`Dataset`",
+        *(f"metrics.`final/{m}`" for m in ("faa", "caa", "ffm", "ffm_hide", "trainable_params", "wall_time_s")),
+    ],
+}
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
@@ -178,6 +190,13 @@ def open_run(uri: str, experiment_name: str, run_name: str | None) -> Store:
             store.experiment_id = experiment.experiment_id
             if experiment.lifecycle_stage == "deleted":
                 client.restore_experiment(experiment.experiment_id)
+        if experiment is None or EXPERIMENT_KIND_TAG not in experiment.tags:
+            # MLflow ≥ 3 opens an experiment without this tag on its GenAI "Overview" of traces;
+            # ours are model-training runs (the UI's runs table, with their metrics)
+            client.set_experiment_tag(store.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+        if experiment is None or RESULTS_VIEW_TAG not in experiment.tags:
+            # a saved view of the runs table with the results as columns: ?viewStateShareKey=results
+            client.set_experiment_tag(store.experiment_id, RESULTS_VIEW_TAG, json.dumps(RESULTS_VIEW))
         run = client.create_run(store.experiment_id, run_name=run_name)
     store.run_id, store.artifact_uri = run.info.run_id, run.info.artifact_uri
     return store

@@ -22,7 +22,7 @@ Where the code lives: this module holds the constructor, the method hooks and th
 classes of each task, the experience checks and evaluation with task labels, :mod:`.loaders` the
 loaders under ``torch.distributed``.
 
-Subclasses implement :meth:`build_model`, :meth:`train_logits`, :meth:`predict_logits` and may hook
+Subclasses implement :meth:`build_model`, :meth:`train_logits`, :meth:`inference_logits` and may hook
 :meth:`prepare_task`, :meth:`finish_task`, :meth:`aux_loss` and the ``method_state`` pair.
 """
 
@@ -40,9 +40,11 @@ from torch import Tensor, nn
 from ..engine import create_backbone, mask_logits
 from .bookkeeping import TaskBookkeepingMixin
 from .checkpointing.strategy_checkpoint import CheckpointingMixin, weights_fingerprint
+from .compatibility import check_supported_plugins
 from .config import MethodConfig, config_fields, replace_config
 from .distributed import all_reduce_grads_, world_size
 from .experience import experience_classes
+from .keywords import keyword_docstring, method_section_keywords, resolve_train_epochs, strategy_keyword_docs
 from .loaders import DistributedLoadersMixin
 from .losses import training_class_mask
 from .optim import (
@@ -53,6 +55,7 @@ from .optim import (
     describe_overrides,
     split_optimizer_keyword,
 )
+from .prediction import PredictionMixin
 from .schedules import build_lr_scheduler
 from .task_labels import TaskLabelMap
 from .validation import check_strategy_arguments
@@ -67,7 +70,8 @@ def _unwrapped(fn: Any) -> Any:
     return fn
 
 
-class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLoadersMixin, SupervisedTemplate):
+class PromptStrategyBase(PredictionMixin, CheckpointingMixin, TaskBookkeepingMixin, DistributedLoadersMixin,
+                         SupervisedTemplate):
     """Base strategy for frozen-ViT prompt methods (keyword-only).
 
     Args:
@@ -77,10 +81,12 @@ class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLo
         checkpoint_path: a local backbone weight file (timm ``pretrained_cfg_overlay`` route).
         backbone_kwargs: extra ``timm.create_model`` keywords (``img_size``, ...).
         train_mb_size, eval_mb_size: mini-batch sizes (eval defaults to train).
-        train_epochs: main prompt-training epochs; default: the method config's ``epochs``.
+        train_epochs: main prompt-training (WTP) epochs per experience; default: the method config's
+            ``epochs`` (the paper's), which then records this value.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         plugins: extra Avalanche plugins (appended after the method's own).
         evaluator: an Avalanche ``EvaluationPlugin``; or ``loggers`` for the default one (not both).
+        loggers: Avalanche loggers for the default evaluator; default: an ``InteractiveLogger``.
         seed: seeds Python, numpy and torch (after the benchmark is built) and the method's generator.
         checkpoint_dir: where a NaN stop writes its checkpoint.
         use_task_labels: take the stream's task labels as an oracle task id at evaluation; samples of
@@ -92,8 +98,9 @@ class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLo
             ``params -> torch.optim.Optimizer`` called at every experience on the trainable parameter
             groups, each with its own ``lr`` (training/optim.py).
         lr_scheduler: a factory ``optimizer -> scheduler`` called at every experience, stepped per
-            ``lr_scheduler_interval`` (``"epoch"`` or ``"iteration"``); it replaces the method's default
+            ``lr_scheduler_interval``; it replaces the method's default
             ``lr_schedule`` (an explicitly given non-constant one is refused).
+        lr_scheduler_interval: ``"epoch"`` (default) or ``"iteration"``: when ``lr_scheduler`` steps.
         criterion: ``(logits, targets) -> loss``; it gets logits masked to −1e4 outside the admitted
             classes (training: ``mb_output``; evaluation: the seen classes ∪ the batch's own), so it
             should ignore those (a plain or weighted CE does; label smoothing would not).
@@ -127,6 +134,9 @@ class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLo
                 params.append(inspect.Parameter(f, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, f)))
         params.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
         cls.__init__.__signature__ = sig.replace(parameters=params)
+        docs = strategy_keyword_docs(PromptStrategyBase.__doc__, cls.config_cls)  # help(): every keyword
+        cls.__init__.__doc__ = keyword_docstring(f"Build a {cls.__name__} (keyword-only; method settings default "
+                                                 f"to the paper's).", [p.name for p in params if p.name != "self"], docs)
 
     def __init__(
         self,
@@ -166,6 +176,7 @@ class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLo
         self._optimizer_factory = split_optimizer_keyword(kwargs)
         method_keys = set(config_fields(self.config_cls))
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in method_keys}
+        train_epochs = resolve_train_epochs(train_epochs, overrides)  # epochs= is its deprecated name
         cfg = config if config is not None else self.config_cls()
         if not isinstance(cfg, self.config_cls):
             raise ValueError(f"config: expected a {self.config_cls.__name__}, got {type(cfg).__name__}")
@@ -215,13 +226,14 @@ class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLo
             optimizer=placeholder,
             criterion=criterion if criterion is not None else nn.CrossEntropyLoss(),
             train_mb_size=train_mb_size,
-            train_epochs=train_epochs or self.cfg.epochs,
+            train_epochs=self.cfg.epochs,
             eval_mb_size=eval_mb_size,
             device=device,
             plugins=[*self.default_plugins(), *(plugins or [])],
             evaluator=evaluator,
             **kwargs,
         )
+        check_supported_plugins(type(self).__name__, self.plugins, self.evaluator, bool(self.model.structure()))
         self.model.to(self.device)
         self.task_classes: list[list[int]] = []  # classes of each trained task, in training order
         self.class_to_task: dict[int, int] = {}
@@ -267,7 +279,7 @@ class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLo
         Unknown keys raise ``ValueError`` listing the accepted ones.
         """
         flat = dict(cfg)
-        flat.update(dict(flat.pop("method", {}) or {}))
+        flat.update(method_section_keywords(flat.pop("method", {}) or {}, flat))
         flat.update(overrides)
         base_args = set(inspect.signature(_unwrapped(PromptStrategyBase.__init__)).parameters) - {"self", "kwargs"}
         allowed = base_args | set(config_fields(cls.config_cls)) | {"eval_every", "peval_mode"}
@@ -287,9 +299,10 @@ class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLo
         """Training logits with the current task's prompts."""
         raise NotImplementedError(f"{type(self).__name__} must define train_logits(x) (abstract hook)")
 
-    def predict_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
-        """Inference logits; ``task_ids`` is the oracle task id when ``use_task_labels``."""
-        raise NotImplementedError(f"{type(self).__name__} must define predict_logits(x, task_ids) (abstract hook)")
+    def inference_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+        """Unmasked inference logits of one batch (``task_ids``: oracle task ids under ``use_task_labels``);
+        the public, masked and batched API is :meth:`predict_logits`."""
+        raise NotImplementedError(f"{type(self).__name__} must define inference_logits(x, task_ids) (abstract hook)")
 
     def train_mask_classes(self) -> list[int]:
         """Classes the training CE is restricted to: the current experience's (DECISIONS.md §C2)."""
@@ -314,6 +327,7 @@ class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLo
             self._in_train_call = False
 
     def _before_training_exp(self, **kwargs: Any) -> None:
+        self.model.train()  # train(list): the previous experience's end left it in eval mode
         self._check_experience(self.experience)
         self._pre_experience_state = self.state_dict_for_checkpoint()
         classes = experience_classes(self.experience)
@@ -326,6 +340,7 @@ class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLo
 
     def _after_training_exp(self, **kwargs: Any) -> None:
         self.model.eval()
+        self.model.zero_grad(set_to_none=True)  # no gradient outlives its experience (AGEM, GEM read p.grad)
         self.finish_task(self.task_id)
         self.trained_experiences += 1
         super()._after_training_exp(**kwargs)
@@ -354,6 +369,7 @@ class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLo
         if not groups:
             raise RuntimeError(f"{type(self).__name__}: the model has no trainable parameters")
         cfg = self.cfg
+        self.model.zero_grad(set_to_none=True)  # none left from an earlier phase or experience
         opt = build_optimizer(groups, cfg, self._optimizer_factory)
         self.optimizer = opt
         if self._lr_scheduler_factory is not None:  # the user's scheduler replaces lr_schedule

@@ -42,18 +42,18 @@ class TaskBookkeepingMixin:
         return super().eval(exp_list, **kwargs)
 
     def _predict_with_task_labels(self, x: Tensor, batch_labels: Tensor | None) -> Tensor:
-        """``predict_logits`` with the oracle task ids of samples from trained experiences; the
+        """``inference_logits`` with the oracle task ids of samples from trained experiences; the
         other samples (experiences not trained yet, or a stream without task labels) are
         evaluated as without task labels (training/task_labels.py)."""
         if not self.use_task_labels:
-            return self.predict_logits(x, None).float()
+            return self.inference_logits(x, None).float()
         ids, known = self.task_label_map.lookup(batch_labels)
         if ids is None or not bool(known.any()):
-            return self.predict_logits(x, None).float()
+            return self.inference_logits(x, None).float()
         if bool(known.all()):
-            return self.predict_logits(x, ids).float()
-        logits = self.predict_logits(x, None).float()
-        logits[known] = self.predict_logits(x[known], ids[known]).float()
+            return self.inference_logits(x, ids).float()
+        logits = self.inference_logits(x, None).float()
+        logits[known] = self.inference_logits(x[known], ids[known]).float()
         return logits
 
     def _task_of_class(self) -> Tensor:

@@ -126,7 +126,7 @@ class HiDeConfig(MethodConfig):
 
 class HiDePhases:
     """Strategy mixin: ``run_tii_phase``, ``run_tap_phase``, ``predict_tasks``, task-routed
-    ``predict_logits``, ``contrastive_term`` and the phase statistics' ``method_state_dict``."""
+    ``inference_logits``, ``contrastive_term`` and the phase statistics' ``method_state_dict``."""
 
     tii_stats: ClassGaussians
     tap_stats: ClassGaussians
@@ -260,7 +260,7 @@ class HiDePhases:
         protos = self.tap_stats.prototypes(old) if old else None
         return cfg.contrastive_weight * contrastive_regulariser(features, protos, cfg.tau)
 
-    def predict_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+    def inference_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         """Task-routed inference: the oracle task id, else TII's, else (TII ablated) the newest task."""
         if task_ids is None:
             task_ids = self.predict_tasks(x) if "tii" in self.cfg.phases else self.model.num_tasks - 1

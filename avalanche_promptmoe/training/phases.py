@@ -178,6 +178,7 @@ def _fit(
     ``lr_min`` (SMoPE's ``CosineSchedulerIter``); with ``first_lr`` it runs with SMoPE's lag: the
     first iteration at ``first_lr``, iteration ``k`` at the cosine's step ``k − 1``
     (``schedules.lagged_factor``). A progress bar over the epochs shows the last loss.
+    The head's gradients are cleared (``None``) on return.
     """
     from tqdm.auto import tqdm
 
@@ -218,6 +219,7 @@ def _fit(
         if progress:
             bar.set_postfix(loss=f"{float(last):.4f}")
     bar.close()
+    optimizer.zero_grad(set_to_none=True)  # no stale gradients for the next phase's plugins (AGEM...)
     head.eval()
     return float(last)
 

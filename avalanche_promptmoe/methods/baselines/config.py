@@ -26,7 +26,13 @@ class LinearProbeConfig(MethodConfig):
 class SequentialPromptConfig(MethodConfig):
     """One prefix prompt with SMoPE's layers (blocks 0–5) and length (50 = 25 keys + 25 values,
     "split" convention) and the head, trained on each experience in turn (``seq``) or on the union
-    of experiences so far (``joint``). Optimiser as SMoPE (AdamW, prompt lr 0.025, head 0.005)."""
+    of experiences so far (``joint``). Optimiser as SMoPE (AdamW, prompt lr 0.025, head 0.005).
+
+    Attributes:
+        layers: prompted blocks (SMoPE's 0–5).
+        length: prompt length, 50 = 25 keys + 25 values ("split" convention).
+        prompt_init: initialisation of the prompt, U(0, 1) as SMoPE.
+    """
 
     epochs: int = 20
     lr: float = 0.025

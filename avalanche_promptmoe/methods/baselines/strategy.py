@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ class LinearProbeStrategy(PromptStrategyBase):
     def train_logits(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def predict_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+    def inference_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         return self.model(x)
 
 
@@ -51,7 +52,7 @@ class SequentialPromptStrategy(PromptStrategyBase):
     def train_logits(self, x: Tensor) -> Tensor:
         return self.model(x)
 
-    def predict_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+    def inference_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         return self.model(x)
 
 
@@ -85,9 +86,19 @@ class JointPromptStrategy(SequentialPromptStrategy):
         stream = getattr(exp, "origin_stream", None)
         if stream is None:
             raise ValueError("joint: the experience has no origin_stream to take earlier experiences from")
-        data = stream[0].dataset
-        for i in range(1, exp.current_experience + 1):
-            data = data.concat(stream[i].dataset)
+        n = exp.current_experience + 1
+        try:
+            earlier = [stream[i] for i in range(n)]
+        except TypeError:  # a lazy stream (CLStream) has no indexing; Avalanche memoises its generator
+            earlier = list(itertools.islice(iter(stream), n))
+        if len(earlier) < n:
+            raise ValueError(
+                f"joint: the stream gave {len(earlier)} of the {n} experiences up to this one (an iterator read "
+                f"once?); build it from a list or a generator function so that earlier experiences can be re-read"
+            )
+        data = earlier[0].dataset
+        for e in earlier[1:]:
+            data = data.concat(e.dataset)
         self.adapted_dataset = data.train()
 
     def train_mask_classes(self) -> list[int]:

@@ -27,7 +27,8 @@ class HLGPConfig(HiDeConfig):
         epochs, lr, head_lr_scale, lr_schedule: Adam, prompt lr 0.01, head lr 0.005, 20 epochs, cosine
             per epoch (CODA-Prompt / SMoPE-like; the paper gives none). clip_grad 1.0 (HiDe).
         phases: ``("wtp", "tap")``; TAP (HiDe's head realignment on class Gaussians) is our addition.
-        layers: prompted blocks 0–5 (SMoPE's). groups: their partition into layer groups.
+        layers: prompted blocks 0–5 (SMoPE's).
+        groups: their partition into layer groups.
         length: L = 10 key and 10 value tokens per layer (the paper's example).
         rank: adapter bottleneck r = 32.
         share_kv_adapter: one adapter per group for the key and value roots (True) or one each.

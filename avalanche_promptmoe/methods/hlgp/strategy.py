@@ -66,7 +66,7 @@ class LayerGroupedPromptStrategy(HiDePhases, PromptStrategyBase):
     def task_features(self, x: Tensor, task_id: int) -> Tensor:
         return self.model.forward_features(x, task_id)
 
-    def predict_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+    def inference_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         if task_ids is not None:  # oracle task id: that task's prompt, no query pass
             return self.model(x, task_ids.long())
         return self.model(x)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 import torch
+from avalanche.training.plugins import EarlyStoppingPlugin
 from torch import Tensor, nn
 
 from ...routing import ExpertUsage
@@ -46,6 +48,8 @@ def router_loss(model: SMoPEModel, epsilon: float) -> Tensor:
     per_layer = [router_margin_loss(scores[i].float(), routing[i].indices, epsilon) for i in model.layers]
     return torch.stack(per_layer).sum() * (model.vit.num_heads * model.top_k)
 
+log = logging.getLogger(__name__)
+
 
 class SMoPEStrategy(HiDePhases, PromptStrategyBase):
     """Sparse Mixture of Prompt Experts (Le et al., ICLR 2026, arXiv 2509.24483) on a frozen timm ViT.
@@ -63,7 +67,8 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
     Attributes:
         routing_history: the :class:`RoutingHistoryPlugin` holding the ``ExpertUsage`` counts
             ``(layers, H, E)`` (rule ``"above_mean"``); filled by the post-task counting pass.
-        epoch_modes: ``(task, "dense" | "sparse")`` per training epoch run, in order.
+        epoch_modes: ``(task, "dense" | "sparse")`` per training epoch that ran, in order (an epoch that
+            early stopping skipped is not listed).
         last_router_loss: the unweighted router loss of the last training step (``None`` when dense).
     """
 
@@ -205,7 +210,6 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
         return max(1, self._dense_epochs_left) if self.model.dense else super().schedule_epochs()
 
     def _before_training_epoch(self, **kwargs: Any) -> None:
-        self.epoch_modes.append((self.task_id, "dense" if self.model.dense else "sparse"))
         self._warmup_bar = None
         if self.model.dense and self.progress:  # the dense warm-up's own bar, with the loss
             from tqdm.auto import tqdm
@@ -223,7 +227,16 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
             bar.set_postfix(loss=f"{float(self.loss.detach()):.4f}")
         super()._after_training_iteration(**kwargs)
 
+    def stop_training(self) -> None:
+        """An early-stop request (Avalanche's ``EarlyStoppingPlugin``) is ignored inside the dense
+        warm-up, a fixed phase; the sparse phase after it can be stopped."""
+        if self.model.dense:
+            log.info("SMoPE: early stop ignored inside the dense warm-up (%d epochs left)", self._dense_epochs_left)
+            return
+        super().stop_training()
+
     def _after_training_epoch(self, **kwargs: Any) -> None:
+        self.epoch_modes.append((self.task_id, "dense" if self.model.dense else "sparse"))  # epochs that ran
         bar = getattr(self, "_warmup_bar", None)
         if bar is not None:
             bar.close()
@@ -234,6 +247,9 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
             if self._dense_epochs_left <= 0:  # warm-up over: sparse, with a fresh optimizer
                 self._end_dense_phase()
                 self.make_optimizer()
+                for plugin in self.plugins:  # early stopping judges the sparse phase on its own
+                    if isinstance(plugin, EarlyStoppingPlugin):
+                        plugin.before_training_exp(self)
 
     # ------------------------------------------------------------------ forward and losses
     def train_logits(self, x: Tensor) -> Tensor:
@@ -259,7 +275,7 @@ class SMoPEStrategy(HiDePhases, PromptStrategyBase):
         """TAP features: the prompted pre-logit features (eval mode: sparse, inference exclusion)."""
         return self.model.forward_features(x)
 
-    def predict_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
+    def inference_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         """One prompted backbone pass; SMoPE has no task-specific parameters, so ``task_ids`` is unused."""
         return self.model(x)
 

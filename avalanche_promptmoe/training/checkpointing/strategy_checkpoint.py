@@ -58,9 +58,16 @@ class CheckpointingMixin:
                 out["logger:" + type(lg).__name__] = lg
         return out
 
+    @property
+    def uncompiled_model(self) -> Any:
+        """``self.model`` without a ``torch.compile`` wrapper: checkpoints hold its keys (no ``_orig_mod.``)
+        and skip its frozen backbone, compiled or not."""
+        return getattr(self.model, "_orig_mod", self.model)
+
     def state_dict_for_checkpoint(self) -> dict:
         """Everything needed to continue exactly: trainable state, plugin/metric state, RNG, position."""
-        model_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items() if not k.startswith("vit.")}
+        model = self.uncompiled_model
+        model_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("vit.")}
         return {
             "strategy": type(self).__name__,
             "method": self.method_name,
@@ -68,7 +75,7 @@ class CheckpointingMixin:
             "num_classes": self.num_classes,
             "seed": self.seed,
             "backbone": {**self.backbone_spec, "fingerprint": self.backbone_fingerprint},
-            "model_structure": self.model.structure(),
+            "model_structure": model.structure(),
             "model_state": model_state,
             "task_classes": [list(c) for c in self.task_classes],
             "trained_experiences": self.trained_experiences,
@@ -122,8 +129,8 @@ class CheckpointingMixin:
         ours = self._our_plugins()
 
         # ---- nothing above mutated the strategy; restore
-        self.model.grow_to(state["model_structure"])
-        self.model.load_state_dict(state["model_state"], strict=False)
+        self.uncompiled_model.grow_to(state["model_structure"])
+        self.uncompiled_model.load_state_dict(state["model_state"], strict=False)
         self.model.to(self.device)
         self.task_classes = [list(map(int, c)) for c in state["task_classes"]]
         self.class_to_task = {c: t for t, cs in enumerate(self.task_classes) for c in cs}
@@ -157,7 +164,7 @@ class CheckpointingMixin:
                 if isinstance(value, torch.Generator):
                     memo[id(value)] = value
         try:
-            trial = copy.deepcopy(self.model, memo)
+            trial = copy.deepcopy(self.uncompiled_model, memo)
             trial.grow_to(state["model_structure"])
             missing, unexpected = trial.load_state_dict(state["model_state"], strict=False)
         except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
