@@ -107,7 +107,7 @@ class HiDePromptStrategy(HiDePhases, PromptStrategyBase):
         self._init_hide()
         model = TaskPrefixModel(
             backbone, self.num_classes, layers=cfg.layers, length=cfg.length, prompt_init=cfg.prompt_init,
-            generator=self.generator,
+            prefix_layout=cfg.prefix_layout, generator=self.generator,
         )
         model.momentum = cfg.prompt_momentum
         return model
