@@ -128,7 +128,7 @@ def _required(benchmark: str, method: str) -> set[str]:
     schedule = cfg["method.lr_schedule"]
     if schedule == "step":
         need |= {"method.lr_step_epochs", "method.lr_step_gamma"}
-    if schedule in ("cosine", "cosine_iter"):
+    if schedule in ("cosine", "cosine_iter", "cosine_timm"):
         need.add("method.lr_min")
     if schedule == "cosine_iter":
         need.add("method.lr_freeze_iters")
