@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cl_utils import record_optimizers
 
 from avalanche_promptmoe.engine import TaskIdentityHead, mask_logits
 from avalanche_promptmoe.methods.baselines.config import HiDeBaselineConfig
@@ -99,9 +100,9 @@ def _run(model: TaskPrefixModel, x: torch.Tensor, task) -> dict:
 
 def _assert_close(ours: dict, ref: dict, where: str) -> None:
     for i, t in ref["attn_out"].items():
-        torch.testing.assert_close(ours["attn_out"][i], t, atol=ATOL, rtol=0, msg=lambda m: f"{where} attn_out[{i}]: {m}")
+        torch.testing.assert_close(ours["attn_out"][i], t, atol=ATOL, rtol=0, msg=lambda m, i=i: f"{where} attn_out[{i}]: {m}")
     for k in ("features", "logits"):
-        torch.testing.assert_close(ours[k], ref[k], atol=ATOL, rtol=0, msg=lambda m: f"{where} {k}: {m}")
+        torch.testing.assert_close(ours[k], ref[k], atol=ATOL, rtol=0, msg=lambda m, k=k: f"{where} {k}: {m}")
 
 
 def _task_arg(fw: dict, rows: slice):
@@ -249,14 +250,7 @@ def _gaussians(ref: dict) -> ClassGaussians:
 
 def _replay(g, monkeypatch, key: str, head: torch.nn.Module, seed: int, lr: float) -> tuple[list, list, list]:
     """Our official-sampling replay with the official global seed: (inputs, targets, lr) per iteration."""
-    made: list[torch.optim.Optimizer] = []
-
-    class Recorded(torch.optim.SGD):
-        def __init__(self, params, **kw):
-            super().__init__(params, **kw)
-            made.append(self)
-
-    monkeypatch.setattr(torch.optim, "SGD", Recorded)
+    made = record_optimizers(monkeypatch, "SGD")
     ref, seen = g[key], []
     hook = head.register_forward_hook(lambda _m, i, _o: seen.append((i[0].clone(), made[-1].param_groups[0]["lr"])))
     targets: list[torch.Tensor] = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cl_utils import make_benchmark, tiny_backbone
+from cl_utils import make_benchmark, record_optimizers, tiny_backbone
 
 from avalanche_promptmoe import HiDePromptStrategy
 from avalanche_promptmoe.methods.baselines.config import HiDeBaselineConfig
@@ -37,16 +37,7 @@ def test_world_size_must_divide_the_global_batch():
 def test_official_recipe_on_a_tiny_run(monkeypatch):
     """Two virtual ranks of 4: WTP at lr × 4/256, replays drawing per rank (TAP 2 × 20 samples per
     iteration, TII replay 2 × 4), statistics by scikit-learn (ours never runs), predictions unmasked."""
-    made: list[torch.optim.Optimizer] = []
-    for name in ("Adam", "SGD"):
-        base = getattr(torch.optim, name)
-
-        class Recorded(base):  # type: ignore[misc, valid-type]
-            def __init__(self, params, **kw):
-                super().__init__(params, **kw)
-                made.append(self)
-
-        monkeypatch.setattr(torch.optim, name, Recorded)
+    made = record_optimizers(monkeypatch, "Adam", "SGD")
 
     def ours_must_not_run(*_a, **_k):
         raise AssertionError("kmeans='sklearn' ran our k-means")
