@@ -132,6 +132,12 @@ def test_batched_forward_matches_the_official_reshape(g, form):
     ref = g[form]
     model = build(g, "hide_official", momentum=ref["fw"].get("prompt_momentum", 0.0))
     _assert_close(_run(model, g["X"], _task_arg(ref["fw"], slice(None))), ref["batch"], f"{form} batch")
+    # two virtual ranks of 4 in one batch of 8: the reshape acts per rank, each rank the official batch
+    model.prefix_chunk = 4
+    task = _task_arg(ref["fw"], slice(None))
+    twice = _run(model, torch.cat([g["X"], g["X"]]), torch.cat([task, task]) if torch.is_tensor(task) else task)
+    for half in (slice(0, 4), slice(4, 8)):
+        torch.testing.assert_close(twice["logits"][half], ref["batch"]["logits"], atol=ATOL, rtol=0)
 
 
 @torch.no_grad()

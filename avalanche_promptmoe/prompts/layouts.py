@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 __all__ = ["PrefixLayout", "arrange_prefix"]
@@ -22,14 +23,19 @@ __all__ = ["PrefixLayout", "arrange_prefix"]
 PrefixLayout = Literal["kv", "hide_official"]
 
 
-def arrange_prefix(prompts: Tensor, layout: PrefixLayout) -> Tensor:
+def arrange_prefix(prompts: Tensor, layout: PrefixLayout, chunk: int | None = None) -> Tensor:
     """Per-sample prompts ``(B, Y, 2, H, L, Dh)`` (Y prompted layers, axis 2 = keys, values) →
-    the prompts each sample attends to, same shape (a view for ``"kv"``, a copy otherwise)."""
+    the prompts each sample attends to, same shape (a view for ``"kv"``, a copy otherwise).
+
+    ``chunk``: ``"hide_official"`` acts on each run of ``chunk`` consecutive samples on its own (one
+    GPU's batch of the official run, i.e. a virtual rank); ``None``: on the whole batch."""
     if prompts.dim() != 6 or prompts.shape[2] != 2:
         raise ValueError(f"prompts: expected (B, layers, 2, H, L, Dh), got shape {tuple(prompts.shape)}")
     if layout == "kv":
         return prompts
     if layout == "hide_official":
+        if chunk is not None and 0 < chunk < prompts.shape[0]:
+            return torch.cat([arrange_prefix(p, layout) for p in prompts.split(chunk)])
         B, Y = prompts.shape[:2]
         official = prompts.permute(1, 2, 0, 3, 4, 5)  # (Y, 2, B, H, L, Dh): the official gather's order
         return official.reshape(Y, B, 2, *prompts.shape[3:]).transpose(0, 1)  # reshape, no permute

@@ -62,7 +62,8 @@ class TaskPrefixModel(PromptedClassifier):
 
     ``prefix_layout``: ``"kv"`` (each sample attends to its own prompt's keys and values) or
     ``"hide_official"`` (the official code's batch reshape; prompts/layouts.py), used by every
-    prompted forward (training, class statistics, evaluation).
+    prompted forward (training, class statistics, evaluation); ``prefix_chunk``: the reshape acts
+    on runs of that many samples (the official per-GPU batch; ``None``: the whole batch).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class TaskPrefixModel(PromptedClassifier):
         super().__init__(backbone, num_classes, tuple(layers))
         self.length, self.prompt_init, self._generator = length, prompt_init, generator
         self.prefix_layout = prefix_layout
+        self.prefix_chunk: int | None = None
         self.prompts = nn.ParameterList()
         self.tii = TaskIdentityHead(self.vit.num_features, num_classes)
         self.momentum = 0.0
@@ -128,7 +130,7 @@ class TaskPrefixModel(PromptedClassifier):
             p = self.task_prompt(task_ids).unsqueeze(0).expand(B, *([-1] * 5))
         else:  # (B,) → per-sample prompts by indexing the stacked task prompts
             p = torch.stack(list(self.prompts))[task_ids.long()]
-        p = arrange_prefix(p, self.prefix_layout)  # (B, layers, 2, H, L, Dh)
+        p = arrange_prefix(p, self.prefix_layout, self.prefix_chunk)  # (B, layers, 2, H, L, Dh)
         prefix = {layer: (p[:, i, 0], p[:, i, 1]) for i, layer in enumerate(self.layers)}
         self.last_features = self.vit(x, prefix)
         return self.last_features

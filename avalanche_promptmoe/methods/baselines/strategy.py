@@ -117,7 +117,14 @@ class HiDePromptStrategy(HiDePhases, PromptStrategyBase):
         return [self.phase_scheduler]
 
     def prepare_task(self, task_id: int) -> None:
+        self.model.prefix_chunk = self.rank_batch()
         self.model.add_task()
+
+    def model_adaptation(self, model: nn.Module | None = None) -> nn.Module:
+        """Also sets the official reshape's unit, one virtual rank (``rank_batch``), for evaluation."""
+        model = super().model_adaptation(model)
+        model.prefix_chunk = self.rank_batch()
+        return model
 
     def train_logits(self, x: Tensor) -> Tensor:
         return self.model(x, self.task_id)
