@@ -57,3 +57,18 @@ def tiny_backbone(seed: int = 0):
 FAST_HIDE = dict(
     tii_epochs=3, tii_replay_epochs=2, tap_epochs=2, samples_per_class=16, n_centroids=2, tap_centroids=2,
 )
+
+
+def record_optimizers(monkeypatch, *names: str) -> list[torch.optim.Optimizer]:
+    """Replace each ``torch.optim.<name>`` by a subclass that records every instance (in order)."""
+    made: list[torch.optim.Optimizer] = []
+    for name in names:
+        base = getattr(torch.optim, name)
+
+        class Recorded(base):  # type: ignore[misc, valid-type]
+            def __init__(self, params, **kw):
+                super().__init__(params, **kw)
+                made.append(self)
+
+        monkeypatch.setattr(torch.optim, name, Recorded)
+    return made

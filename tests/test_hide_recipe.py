@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cl_utils import make_benchmark, make_images, tiny_backbone
+from cl_utils import make_benchmark, make_images, record_optimizers, tiny_backbone
 
 from avalanche_promptmoe import HiDePromptStrategy
 from avalanche_promptmoe.benchmarks import split_cifar100
@@ -25,20 +25,6 @@ from avalanche_promptmoe.training.schedules import build_lr_scheduler, step_fact
 COMMON = dict(num_classes=6, train_epochs=1, device="cpu", loggers=[], progress=False)
 HIDE = dict(layers=(0, 1), length=2, lr=0.01, n_centroids=2, tap_centroids=2)
 SMOPE = dict(layers=(0, 1), num_experts=6, top_k=2, lr=0.03, head_lr_scale=1.0, tap_epochs=2)
-
-
-def _recording(monkeypatch, name: str) -> list[torch.optim.Optimizer]:
-    """Replace ``torch.optim.<name>`` by a subclass that records every instance."""
-    made: list[torch.optim.Optimizer] = []
-    base = getattr(torch.optim, name)
-
-    class Recorded(base):  # type: ignore[misc, valid-type]
-        def __init__(self, params, **kw):
-            super().__init__(params, **kw)
-            made.append(self)
-
-    monkeypatch.setattr(torch.optim, name, Recorded)
-    return made
 
 
 def _spy_phase(strategy, phase: str, module: torch.nn.Module, optimizers: list) -> list[list[tuple[int, float]]]:
@@ -67,7 +53,7 @@ def _spy_phase(strategy, phase: str, module: torch.nn.Module, optimizers: list) 
 
 # ---------------------------------------------------------------------------------------- HiDe TAP / TII replay
 def test_hide_tap_and_tii_replay_iterate_once_per_previous_class_with_the_stated_batch(monkeypatch):
-    sgd = _recording(monkeypatch, "SGD")
+    sgd = record_optimizers(monkeypatch, "SGD")
     s = HiDePromptStrategy(backbone=tiny_backbone(), seed=0, train_mb_size=4, tii_epochs=0, tii_replay_epochs=2,
                            tap_epochs=3, **HIDE, **COMMON)
     assert (s.cfg.replay_sampling, s.cfg.tap_batch_ratio, s.cfg.tii_replay_batch_ratio) == ("official", 5.0, 1.0)
@@ -98,7 +84,7 @@ def test_hide_tap_and_tii_replay_iterate_once_per_previous_class_with_the_stated
 
 
 def test_smope_tap_sizing_adamw_and_per_iteration_cosine(monkeypatch):
-    adamw = _recording(monkeypatch, "AdamW")
+    adamw = record_optimizers(monkeypatch, "AdamW")
     s = SMoPEStrategy(backbone=tiny_backbone(), seed=0, train_mb_size=4, tap_batch_ratio=1.5, **SMOPE, **COMMON)
     assert (s.cfg.tap_lr, s.cfg.tap_lr_schedule, s.cfg.tap_lr_min, s.cfg.replay_weight_decay) == (
         1e-5, "cosine_iter", 1e-6, 5e-4)

@@ -18,6 +18,7 @@ PROJECT = PYPROJECT["project"]
 #: top-level import name -> distribution name (as pyproject spells it)
 DIST_OF = {"torch": "torch", "torchvision": "torchvision", "timm": "timm", "avalanche": "avalanche-lib",
            "numpy": "numpy", "tqdm": "tqdm", "PIL": "pillow", "mlflow": "mlflow", "matplotlib": "matplotlib", "sqlalchemy": "sqlalchemy",
+           "sklearn": "scikit-learn",
            "huggingface_hub": "timm"}  # huggingface_hub: timm's own dependency, imported under try/except
 
 

@@ -31,7 +31,7 @@ ALL = [MethodConfig, HashConfig, SMoPEConfig, HLGPConfig, LinearProbeConfig, Seq
     (SMoPEConfig, "epsilon", float("inf"), r"epsilon: must be finite"),
     (HashConfig, "lr", float("nan"), r"lr: must be finite"),
     (LinearProbeConfig, "optimizer", "Adam", r"optimizer: expected adam, adamw or sgd, got 'Adam'"),
-    (SequentialPromptConfig, "lr_schedule", "cos", r"lr_schedule: expected constant, cosine, cosine_iter or step, got 'cos'"),
+    (SequentialPromptConfig, "lr_schedule", "cos", r"lr_schedule: expected constant, cosine, cosine_iter, step or cosine_timm, got 'cos'"),
     (SequentialPromptConfig, "prompt_init", "uniform", r"prompt_init: expected uniform_pm1, uniform01, normal or zeros, got 'uniform'"),
     (HiDeBaselineConfig, "phases", ("tii", "wpt"), r"phases: item 1 \('wpt'\)"),
     (HashConfig, "epochs", 2.5, r"epochs: expected an int"),

@@ -361,14 +361,22 @@ class PromptStrategyBase(PredictionMixin, CheckpointingMixin, TaskBookkeepingMix
         model = self.model if model is None else model
         return model.to(self.device)
 
+    def training_config(self) -> Any:
+        """The config the main phase's optimizer and lr schedule are built from (default ``cfg``)."""
+        return self.cfg
+
+    def eval_mask_classes(self) -> list[int] | None:
+        """Classes the predictions are masked to (default: all seen so far); ``None``: unmasked."""
+        return self.seen_classes
+
     def make_optimizer(self, **kwargs: Any) -> None:
         """A fresh optimizer per experience over the trainable parameter groups only."""
-        groups = [g for g in self.model.param_groups(self.cfg) if any(p.requires_grad for p in g["params"])]
+        cfg = self.training_config()
+        groups = [g for g in self.model.param_groups(cfg) if any(p.requires_grad for p in g["params"])]
         for g in groups:
             g["params"] = [p for p in g["params"] if p.requires_grad]
         if not groups:
             raise RuntimeError(f"{type(self).__name__}: the model has no trainable parameters")
-        cfg = self.cfg
         self.model.zero_grad(set_to_none=True)  # none left from an earlier phase or experience
         opt = build_optimizer(groups, cfg, self._optimizer_factory)
         self.optimizer = opt
@@ -411,7 +419,8 @@ class PromptStrategyBase(PredictionMixin, CheckpointingMixin, TaskBookkeepingMix
                 return self.mb_logits
             logits = self._predict_with_task_labels(x, batch_labels)
         self.mb_logits = logits
-        return mask_logits(logits, self._class_mask(self.seen_classes))
+        classes = self.eval_mask_classes()
+        return logits if classes is None else mask_logits(logits, self._class_mask(classes))
 
     def _train_mask(self) -> Tensor:
         """Bool ``(C,)``: :meth:`train_mask_classes` ∪ the mini-batch's classes (rehearsal), ∪ all seen

@@ -14,7 +14,7 @@ __all__ = ["LRSchedule", "MethodConfig", "OptimizerName", "Recipe", "config_fiel
 #: The enumerations every config shares, named once so that a subclass re-declaring a default
 #: cannot drift from the base (the generic validation reads them from the annotations).
 OptimizerName = Literal["adam", "adamw", "sgd"]
-LRSchedule = Literal["constant", "cosine", "cosine_iter", "step"]
+LRSchedule = Literal["constant", "cosine", "cosine_iter", "step", "cosine_timm"]
 #: ``"ours"``: the project's reading (documented per item in docs/methods.md); ``"official"``: what the
 #: official code does, measured against its recorded outputs (../shared/data/conformance).
 Recipe = Literal["ours", "official"]
@@ -33,7 +33,8 @@ class MethodConfig:
         lr_schedule: ``"constant"``, ``"cosine"`` (per epoch, over ``epochs``), ``"cosine_iter"``
             (per iteration, after ``lr_freeze_iters`` iterations at ``lr_min``) or ``"step"`` (×
             ``lr_step_gamma`` every ``lr_step_epochs`` epochs, as HiDe's loop drives timm's step
-            scheduler; training/schedules.py).
+            scheduler; training/schedules.py) or ``"cosine_timm"`` (the per-epoch cosine as HiDe's loop
+            drives timm's ``CosineLRScheduler``: one epoch late).
         lr_min: the cosine's final learning rate (and the frozen start's).
         lr_freeze_iters: iterations at ``lr_min`` before the per-iteration cosine starts.
         clip_grad: max gradient norm (``None``: no clipping).

@@ -10,7 +10,8 @@ with ``plain_features(x)``, ``tii`` (a ``TaskIdentityHead``) and ``head``, and a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -31,6 +32,7 @@ from .phases import (
 Phase = Literal["tii", "wtp", "tap"]
 TapOptimizer = Literal["sgd", "adamw"]
 TapSchedule = Literal["cosine", "cosine_iter"]
+KMeansName = Literal["lloyd", "sklearn"]
 
 __all__ = ["HiDeConfig", "HiDePhases"]
 
@@ -70,6 +72,25 @@ class HiDeConfig(MethodConfig):
         tap_centroids: centroids per class for the TAP statistics (HiDe 10; SMoPE 1).
         samples_per_class: Gaussian samples per class per epoch under ``replay_sampling="per_class"``.
         contrastive_weight / tau: WTP's contrastive regulariser (reg 0.1 CIFAR, 0.01 CUB, 0.5 IN-R).
+        world_size: ranks of the data-parallel run reproduced (HiDe's scripts: 8 GPUs). The global
+            batch ``train_mb_size`` is split into ``world_size`` *virtual ranks* of ``train_mb_size /
+            world_size`` samples (the per-rank batch; it must divide): the WTP regulariser is
+            computed per rank chunk and averaged (DDP's gradient mean), and the TII replay / TAP
+            draw their ``int(per-rank batch × ratio)`` samples per centroid once per virtual rank,
+            each iteration taking one slice of every rank's draw. 1 (default): the whole batch is one
+            rank (so one device reproduces 8 × 24 with ``train_mb_size=192, world_size=8``).
+        lr_rank_scaling: ``True``: ``lr``, ``tii_lr`` and ``tii_replay_lr`` are the scripts' base
+            values, trained at ``value × per-rank batch / 256`` (HiDe ``trainers/hideprompt_trainer.py``
+            and ``tii_trainer.py``: ``args.lr * batch_size / 256`` with ``--unscale_lr``; ``tap_lr`` is
+            not scaled). ``False`` (default): the values are used as given.
+        kmeans: the class statistics' clustering: ``"lloyd"`` (ours: one k-means++ seeding, ≤ 20 Lloyd
+            steps, the strategy's generator) or ``"sklearn"`` (the official ``KMeans(n_clusters)`` with
+            scikit-learn 1.0.2's defaults: ``n_init=10``, k-means++, ``max_iter=300``, ``tol=1e-4``;
+            means and variances in float64; training/sklearn_kmeans.py).
+        eval_seen_mask: ``True`` (ours): predictions are masked to the classes seen so far;
+            ``False``: the official evaluation's unmasked logits over all classes.
+        bf16_autocast: ``True`` (ours): bf16 autocast on CUDA in the prompted passes; ``False``: fp32
+            throughout (the official code).
     """
 
     epochs: int = 50
@@ -98,10 +119,15 @@ class HiDeConfig(MethodConfig):
     samples_per_class: int = 256
     contrastive_weight: float = 0.1
     tau: float = 0.8
+    world_size: int = 1
+    lr_rank_scaling: bool = False
+    kmeans: KMeansName = "lloyd"
+    eval_seen_mask: bool = True
+    bf16_autocast: bool = True
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"phases"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset(
-        {"tii_lr", "tii_replay_lr", "tap_lr", "n_centroids", "tap_centroids", "samples_per_class", "tau"}
+        {"tii_lr", "tii_replay_lr", "tap_lr", "n_centroids", "tap_centroids", "samples_per_class", "tau", "world_size"}
     )
 
     def __post_init__(self) -> None:
@@ -126,7 +152,8 @@ class HiDeConfig(MethodConfig):
 
 class HiDePhases:
     """Strategy mixin: ``run_tii_phase``, ``run_tap_phase``, ``predict_tasks``, task-routed
-    ``inference_logits``, ``contrastive_term`` and the phase statistics' ``method_state_dict``."""
+    ``inference_logits``, ``contrastive_term``, the phase statistics' ``method_state_dict``, and the
+    recipe items of :class:`HiDeConfig` (virtual ranks, lr scaling, evaluation mask, precision)."""
 
     tii_stats: ClassGaussians
     tap_stats: ClassGaussians
@@ -139,9 +166,9 @@ class HiDePhases:
     # -- features -----------------------------------------------------------------------------
     def statistics_source(self) -> tuple[Any, bool]:
         """``(dataset, bf16 autocast)`` the phase statistics' features come from: the current
-        experience's training set with eval transforms, autocast on CUDA (SMoPE's official recipe
-        overrides it: training transform, fp32)."""
-        return self.experience.dataset.eval(), True
+        experience's training set with eval transforms, bf16 autocast on CUDA unless
+        ``bf16_autocast=False`` (SMoPE's official recipe overrides it: training transform, fp32)."""
+        return self.experience.dataset.eval(), self.cfg.bf16_autocast
 
     def tap_first_lr(self) -> float | None:
         """The TAP's first-iteration lr under SMoPE's official schedule lag (``None``: no lag)."""
@@ -167,10 +194,36 @@ class HiDePhases:
         """Unprompted features of the current task's training data (cached for the whole task)."""
         return self._experience_features("query", self.model.plain_features)
 
+    # -- recipe items -------------------------------------------------------------------------
+    def rank_batch(self) -> int:
+        """The per-rank batch ``train_mb_size / world_size`` of the run reproduced (``world_size`` 1:
+        the whole batch)."""
+        n = self.cfg.world_size
+        if self.train_mb_size % n:
+            raise ValueError(f"world_size: train_mb_size={self.train_mb_size} is not a multiple of world_size={n}; "
+                             f"give the global batch (per-rank batch × world_size, e.g. 24 × 8 = 192)")
+        return self.train_mb_size // n
+
+    def scaled_lr(self, lr: float) -> float:
+        """``lr × per-rank batch / 256`` under ``lr_rank_scaling`` (HiDe's trainers), else ``lr``."""
+        return lr * self.rank_batch() / 256 if self.cfg.lr_rank_scaling else lr
+
+    def training_config(self) -> HiDeConfig:
+        """The config the WTP optimizer and schedule are built from: ``lr`` scaled (:meth:`scaled_lr`)."""
+        cfg = self.cfg
+        return replace(cfg, lr=self.scaled_lr(cfg.lr)) if cfg.lr_rank_scaling else cfg
+
+    def eval_mask_classes(self) -> list[int] | None:
+        """Predictions are masked to the seen classes, or unmasked (``eval_seen_mask=False``, official)."""
+        return self.seen_classes if self.cfg.eval_seen_mask else None
+
+    def _autocast(self):
+        return super()._autocast() if self.cfg.bf16_autocast else nullcontext()  # type: ignore[misc]
+
     # -- phases -------------------------------------------------------------------------------
     def replay_batch(self, ratio: float) -> int:
-        """The official replay's batch (= samples per centroid): ``int(train_mb_size × ratio)``, ≥ 1."""
-        return max(1, int(self.train_mb_size * ratio))
+        """The official replay's batch per rank (= samples per centroid): ``int(per-rank batch × ratio)``, ≥ 1."""
+        return max(1, int(self.rank_batch() * ratio))
 
     def _tii_image_loader(self):
         """``epoch → batches`` of the current experience's training set with its *training* transform
@@ -193,12 +246,12 @@ class HiDePhases:
                 self.model.eval()  # frozen backbone in eval mode; only the TII head trains
 
                 def plain(x: Tensor) -> Tensor:
-                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    with self._autocast():
                         return self.model.plain_features(x)
 
                 train_head_on_images(
                     self.model.tii, plain, self._tii_image_loader(), classes=classes,
-                    num_classes=self.num_classes, epochs=cfg.tii_epochs, lr=cfg.tii_lr, clip_grad=cfg.tii_clip_grad,
+                    num_classes=self.num_classes, epochs=cfg.tii_epochs, lr=self.scaled_lr(cfg.tii_lr), clip_grad=cfg.tii_clip_grad,
                     device=self.device, progress=self.progress, desc=f"TII (task {task})",
                 )
                 self.model.train(was_training)
@@ -206,19 +259,20 @@ class HiDePhases:
                 feats, labels = self.query_features()
                 train_head_on_features(
                     self.model.tii, feats, labels, classes=classes, num_classes=self.num_classes,
-                    epochs=cfg.tii_epochs, lr=cfg.tii_lr, batch_size=self.train_mb_size, clip_grad=cfg.tii_clip_grad,
+                    epochs=cfg.tii_epochs, lr=self.scaled_lr(cfg.tii_lr), batch_size=self.train_mb_size,
+                    clip_grad=cfg.tii_clip_grad,
                     generator=self.generator, device=self.device, progress=self.progress, desc=f"TII (task {task})",
                 )
         feats, labels = self.query_features()
-        self.tii_stats.fit(feats, labels, n_centroids=cfg.n_centroids, generator=self.generator)
+        self.tii_stats.fit(feats, labels, n_centroids=cfg.n_centroids, generator=self.generator, method=cfg.kmeans)
         if task > 0 and cfg.tii_replay_epochs:
             train_head_on_gaussians(
                 self.model.tii, self.tii_stats, classes=self.seen_classes, num_classes=self.num_classes,
-                epochs=cfg.tii_replay_epochs, lr=cfg.tii_replay_lr, samples_per_class=cfg.samples_per_class,
+                epochs=cfg.tii_replay_epochs, lr=self.scaled_lr(cfg.tii_replay_lr), samples_per_class=cfg.samples_per_class,
                 batch_size=self._replay_batch_size(cfg.tii_replay_batch_ratio), optimizer="sgd",
                 weight_decay=cfg.replay_weight_decay, generator=self.generator, device=self.device,
                 sampling=cfg.replay_sampling, previous_classes=self._previous_class_count(), schedule="cosine",
-                progress=self.progress, desc=f"TII replay (task {task})",
+                ranks=cfg.world_size, progress=self.progress, desc=f"TII replay (task {task})",
             )
 
     def _previous_class_count(self) -> int:
@@ -232,7 +286,7 @@ class HiDePhases:
         cfg, task = self.cfg, self.task_id
         fn = lambda x: self.task_features(x, task)  # noqa: E731
         feats, labels = self._experience_features("prompted", fn)
-        self.tap_stats.fit(feats, labels, n_centroids=cfg.tap_centroids, generator=self.generator)
+        self.tap_stats.fit(feats, labels, n_centroids=cfg.tap_centroids, generator=self.generator, method=cfg.kmeans)
         if task > 0 and cfg.tap_epochs:
             train_head_on_gaussians(
                 self.model.head, self.tap_stats, classes=self.seen_classes, num_classes=self.num_classes,
@@ -241,7 +295,7 @@ class HiDePhases:
                 weight_decay=cfg.replay_weight_decay, generator=self.generator, device=self.device,
                 sampling=cfg.replay_sampling, previous_classes=self._previous_class_count(),
                 schedule=cfg.tap_lr_schedule, lr_min=cfg.tap_lr_min, first_lr=self.tap_first_lr(),
-                progress=self.progress,
+                ranks=cfg.world_size, progress=self.progress,
                 desc=f"TAP (task {task})",
             )
 
@@ -253,12 +307,16 @@ class HiDePhases:
         return self._task_of_class()[cls]
 
     def contrastive_term(self, features: Tensor | None) -> Tensor | None:
+        """``contrastive_weight ×`` the regulariser of each virtual rank's chunk of ``features``
+        (``rank_batch()`` samples; a short last batch ends with a shorter chunk), averaged."""
         cfg = self.cfg
         if features is None or not cfg.contrastive_weight:
             return None
         old = [c for t in range(self.task_id) for c in self.task_classes[t] if c in self.tap_stats.means]
         protos = self.tap_stats.prototypes(old) if old else None
-        return cfg.contrastive_weight * contrastive_regulariser(features, protos, cfg.tau)
+        chunks = features.split(self.rank_batch()) if cfg.world_size > 1 else (features,)
+        reg = torch.stack([contrastive_regulariser(f, protos, cfg.tau) for f in chunks]).mean()
+        return cfg.contrastive_weight * reg
 
     def inference_logits(self, x: Tensor, task_ids: Tensor | None) -> Tensor:
         """Task-routed inference: the oracle task id, else TII's, else (TII ablated) the newest task."""

@@ -89,12 +89,24 @@ class ClassGaussians:
     def classes(self) -> list[int]:
         return sorted(self.means)
 
-    def fit(self, features: Tensor, labels: Tensor, *, n_centroids: int = 10, generator: torch.Generator | None = None) -> None:
-        """Add (or replace) the statistics of every class present in ``labels``."""
+    def fit(
+        self, features: Tensor, labels: Tensor, *, n_centroids: int = 10, generator: torch.Generator | None = None,
+        method: Literal["lloyd", "sklearn"] = "lloyd",
+    ) -> None:
+        """Add (or replace) the statistics of every class present in ``labels``; ``method``: our
+        :func:`kmeans` or the official scikit-learn ``KMeans`` (training/sklearn_kmeans.py)."""
         features, labels = features.detach().float().cpu(), labels.cpu()
+        if method not in ("lloyd", "sklearn"):
+            raise ValueError(f"method: expected 'lloyd' or 'sklearn', got {method!r}")
         for c in labels.unique().tolist():
             f = features[labels == c]
-            centroids, assign = kmeans(f, n_centroids, generator=generator)
+            if method == "sklearn":
+                from .sklearn_kmeans import sklearn_kmeans
+
+                centroids, assign = sklearn_kmeans(f, n_centroids, generator=generator)
+                centroids = centroids.float()
+            else:
+                centroids, assign = kmeans(f, n_centroids, generator=generator)
             var = torch.stack([
                 f[assign == j].var(0, unbiased=False) if (assign == j).sum() > 1 else torch.zeros(f.shape[1])
                 for j in range(centroids.shape[0])
@@ -316,6 +328,7 @@ def train_head_on_gaussians(
     schedule: Literal["cosine", "cosine_iter"] = "cosine",
     lr_min: float = 0.0,
     first_lr: float | None = None,
+    ranks: int = 1,
     progress: bool = False,
     desc: str = "replay",
 ) -> float:
@@ -326,7 +339,10 @@ def train_head_on_gaussians(
     ``sampling="official"`` (HiDe / SMoPE ``train_task_adaptive_prediction``): each epoch draws
     ``batch_size`` features from every centroid (of non-zero variance) of every class in
     ``classes``, shuffles them and runs ``previous_classes`` iterations (the number of classes of
-    the earlier tasks), each on the next ``batch_size`` slice.
+    the earlier tasks), each on the next ``batch_size`` slice. ``ranks`` > 1 reproduces a
+    data-parallel run on one device: every epoch each of the ``ranks`` virtual ranks makes its own
+    draw and shuffle, and iteration i trains on slice i of every rank's draw (``ranks × batch_size``
+    samples, one mean loss = DDP's gradient mean).
     Optimiser: SGD (momentum 0.9) or AdamW at ``lr`` with ``weight_decay``; ``schedule`` ``"cosine"``
     per epoch (HiDe) or ``"cosine_iter"`` per iteration (SMoPE), both down to ``lr_min``;
     ``first_lr`` (``"cosine_iter"`` only): SMoPE's official lag, the first iteration at ``first_lr``
@@ -351,13 +367,18 @@ def train_head_on_gaussians(
             batch_size * int(sum(not bool((v <= VAR_EPS).all()) for v in stats.variances[c])) for c in classes
         )
         iters = replay_iterations(previous_classes, n_draw, batch_size)
+        if ranks < 1:
+            raise ValueError(f"ranks: must be >= 1, got {ranks}")
 
         def batches(_epoch: int):
-            x, y = stats.sample_per_centroid(classes, batch_size, generator)
-            order = torch.randperm(len(y), generator=generator)
+            draws = []
+            for _ in range(ranks):
+                x, y = stats.sample_per_centroid(classes, batch_size, generator)
+                order = torch.randperm(len(y), generator=generator)
+                draws.append((x[order], y[order]))
             for i in range(iters):
-                idx = order[i * batch_size : (i + 1) * batch_size]
-                yield x[idx], y[idx]
+                part = slice(i * batch_size, (i + 1) * batch_size)
+                yield torch.cat([x[part] for x, _ in draws]), torch.cat([y[part] for _, y in draws])
     elif sampling == "per_class":
         iters = math.ceil(len(classes) * samples_per_class / batch_size)
 

@@ -16,6 +16,9 @@
 is run (``utils/schedulers.py:84-97`` @27b982c5): its constructor's ``step(0)`` fires before the
 cosine table exists, so iteration 0 trains at the param group's lr and iteration ``k ≥ 1`` at the
 table's entry ``k − 1`` (:func:`lagged_factor`).
+* ``"cosine_timm"``: per epoch, HiDe-Prompt's ``--sched cosine`` (ImageNet-R) as the same loop drives
+  timm's ``CosineLRScheduler`` (no warm-up, one cycle): epoch ``e`` trains at the cosine's value for
+  ``max(e − 1, 0)``, so epochs 0 and 1 both run at ``lr`` (:func:`cosine_timm_factor`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["SCHEDULES", "build_lr_scheduler", "cosine_iter_factor", "lagged_factor", "step_factor"]
+__all__ = ["SCHEDULES", "build_lr_scheduler", "cosine_iter_factor", "cosine_timm_factor", "lagged_factor",
+           "step_factor"]
 
-SCHEDULES = ("constant", "cosine", "cosine_iter", "step")
+SCHEDULES = ("constant", "cosine", "cosine_iter", "step", "cosine_timm")
 
 
 def step_factor(epoch: int, *, interval: int, gamma: float) -> float:
@@ -37,6 +41,18 @@ def step_factor(epoch: int, *, interval: int, gamma: float) -> float:
     if interval < 1:
         raise ValueError(f"lr_step_epochs: must be >= 1, got {interval}")
     return gamma ** (max(epoch - 1, 0) // interval)
+
+
+def cosine_timm_factor(base_lr: float, *, epochs: int, lr_min: float) -> Callable[[int], float]:
+    """``epoch → lr(epoch) / base_lr`` of ``"cosine_timm"``: ``lr_min + (base_lr − lr_min)·(1 + cos(π·t/T))/2``
+    with ``t = max(epoch − 1, 0)`` (the lag of ``lr_scheduler.step(epoch)`` after each epoch), ``T = epochs``."""
+    span = max(1, epochs)
+
+    def factor(epoch: int) -> float:
+        t = min(max(epoch - 1, 0), span) / span
+        return (lr_min + (base_lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * t))) / base_lr
+
+    return factor
 
 
 def cosine_iter_factor(base_lr: float, *, total_iters: int, lr_min: float, freeze_iters: int) -> Callable[[int], float]:
@@ -87,6 +103,10 @@ def build_lr_scheduler(
         ), False
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=lr_min), False
+    if schedule == "cosine_timm":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, [
+            cosine_timm_factor(g["lr"], epochs=epochs, lr_min=lr_min) for g in optimizer.param_groups
+        ]), False
     if schedule != "cosine_iter":
         raise ValueError(f"lr_schedule: expected one of {SCHEDULES}, got {schedule!r}")
     if not iters_per_epoch or iters_per_epoch < 1:

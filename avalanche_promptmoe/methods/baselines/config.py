@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from ...prompts.layouts import PrefixLayout
 from ...prompts.pool import InitName
 from ...training.config import LRSchedule, MethodConfig, OptimizerName
 from ...training.hide import HiDeConfig
@@ -72,18 +73,35 @@ class HiDeBaselineConfig(HiDeConfig):
         length: 5 key and 5 value tokens (CIFAR; 20 for ImageNet-R and CUB).
         prompt_momentum: m = 0.01: task t trains (1 − m)·P_t + m·mean(P_<t) and keeps that mix.
         prompt_init: U(−1, 1).
+        prefix_layout: ``"kv"`` (ours: each sample attends to its own prompt's keys and values) or
+            ``"hide_official"`` (the official batch reshape, prompts/layouts.py) in every prompted
+            pass: training, class statistics and evaluation.
+        recipe: ``"official"`` requires the official value of every item in :attr:`OFFICIAL`
+            (docs/methods.md "Conformance"); ``"ours"`` lets each be chosen (ablations).
     """
 
     layers: tuple[int, ...] = (0, 1, 2, 3, 4)
     length: int = 5
     prompt_momentum: float = 0.01
     prompt_init: InitName = "uniform_pm1"
+    prefix_layout: PrefixLayout = "kv"
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "length"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"length"})
     HAS_OFFICIAL_RECIPE: ClassVar[bool] = True  # thu-ml/HiDe-Prompt
+    #: What ``recipe="official"`` fixes (thu-ml/HiDe-Prompt @0ed43333; sources in docs/methods.md "Recipes").
+    OFFICIAL: ClassVar[dict[str, Any]] = {
+        "prefix_layout": "hide_official", "kmeans": "sklearn", "eval_seen_mask": False, "bf16_autocast": False,
+        "lr_rank_scaling": True,
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.prompt_momentum < 1:
             raise ValueError(f"prompt_momentum: must be in [0, 1), got {self.prompt_momentum}")
+        if self.recipe == "official":
+            wrong = {k: getattr(self, k) for k, v in self.OFFICIAL.items() if getattr(self, k) != v}
+            if wrong:
+                fix = ", ".join(f"{k}={self.OFFICIAL[k]!r}" for k in wrong)
+                raise ValueError(f"recipe='official': {wrong} are not the official code's values; set {fix} "
+                                 f"(or recipe='ours' to mix them)")

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ...engine import TaskIdentityHead, check_task_ids
-from ...prompts import init_prompt_, prefix_lengths
+from ...prompts import PrefixLayout, arrange_prefix, init_prompt_, prefix_lengths
 from ..model_base import PromptedClassifier
 
 __all__ = ["LinearProbeModel", "SinglePrefixModel", "TaskPrefixModel"]
@@ -58,7 +58,13 @@ class SinglePrefixModel(PromptedClassifier):
 
 class TaskPrefixModel(PromptedClassifier):
     """HiDe-Prompt's model: one prefix prompt per task ``(layers, 2, H, L, Dh)``, chosen by task id
-    (ground truth in training, TII at inference), a head and the TII head."""
+    (ground truth in training, TII at inference), a head and the TII head.
+
+    ``prefix_layout``: ``"kv"`` (each sample attends to its own prompt's keys and values) or
+    ``"hide_official"`` (the official code's batch reshape; prompts/layouts.py), used by every
+    prompted forward (training, class statistics, evaluation); ``prefix_chunk``: the reshape acts
+    on runs of that many samples (the official per-GPU batch; ``None``: the whole batch).
+    """
 
     def __init__(
         self,
@@ -68,10 +74,13 @@ class TaskPrefixModel(PromptedClassifier):
         layers: Sequence[int] = (0, 1, 2, 3, 4),
         length: int = 5,
         prompt_init: str = "uniform_pm1",
+        prefix_layout: PrefixLayout = "kv",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(backbone, num_classes, tuple(layers))
         self.length, self.prompt_init, self._generator = length, prompt_init, generator
+        self.prefix_layout = prefix_layout
+        self.prefix_chunk: int | None = None
         self.prompts = nn.ParameterList()
         self.tii = TaskIdentityHead(self.vit.num_features, num_classes)
         self.momentum = 0.0
@@ -121,7 +130,7 @@ class TaskPrefixModel(PromptedClassifier):
             p = self.task_prompt(task_ids).unsqueeze(0).expand(B, *([-1] * 5))
         else:  # (B,) → per-sample prompts by indexing the stacked task prompts
             p = torch.stack(list(self.prompts))[task_ids.long()]
-        # p: (B, layers, 2, H, L, Dh)
+        p = arrange_prefix(p, self.prefix_layout, self.prefix_chunk)  # (B, layers, 2, H, L, Dh)
         prefix = {layer: (p[:, i, 0], p[:, i, 1]) for i, layer in enumerate(self.layers)}
         self.last_features = self.vit(x, prefix)
         return self.last_features

@@ -118,7 +118,7 @@ class HiDePromptStrategy(HiDePhases, PromptStrategyBase):
         self._init_hide()
         model = TaskPrefixModel(
             backbone, self.num_classes, layers=cfg.layers, length=cfg.length, prompt_init=cfg.prompt_init,
-            generator=self.generator,
+            prefix_layout=cfg.prefix_layout, generator=self.generator,
         )
         model.momentum = cfg.prompt_momentum
         return model
@@ -128,7 +128,14 @@ class HiDePromptStrategy(HiDePhases, PromptStrategyBase):
         return [self.phase_scheduler]
 
     def prepare_task(self, task_id: int) -> None:
+        self.model.prefix_chunk = self.rank_batch()
         self.model.add_task()
+
+    def model_adaptation(self, model: nn.Module | None = None) -> nn.Module:
+        """Also sets the official reshape's unit, one virtual rank (``rank_batch``), for evaluation."""
+        model = super().model_adaptation(model)
+        model.prefix_chunk = self.rank_batch()
+        return model
 
     def train_logits(self, x: Tensor) -> Tensor:
         return self.model(x, self.task_id)
