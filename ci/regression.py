@@ -38,8 +38,9 @@ BENCHMARK = dict(n_experiences=10, seed=0, train_per_class=30, test_per_class=20
 STRATEGY = dict(train_mb_size=32, eval_mb_size=256)
 #: The phase recipe the v2 baselines were measured with, pinned now that the library defaults are the
 #: official ones (cached-feature TII without clipping, a per-class replay draw with weight decay 5e-4,
-#: SMoPE's TAP with a per-epoch cosine to 0); docs/methods.md "Recipes" has the official values.
-LEGACY_REPLAY = dict(replay_sampling="per_class", replay_weight_decay=5e-4)
+#: SMoPE's TAP with a per-epoch cosine to 0, our former k-means for the class statistics);
+#: docs/methods.md "Recipes" has the official values.
+LEGACY_REPLAY = dict(replay_sampling="per_class", replay_weight_decay=5e-4, kmeans="lloyd")
 PHASES = dict(tii_epochs=5, tii_replay_epochs=5, tap_epochs=5, samples_per_class=32, tii_input="cached",
               tii_clip_grad=None, **LEGACY_REPLAY)
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
