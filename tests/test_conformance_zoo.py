@@ -120,8 +120,8 @@ def our_grads(method: str, strategy, golden_grads: dict) -> dict[str, torch.Tens
 
 def build(method: str, g: dict, task: int, **overrides):
     cls, kw = METHODS[method]
-    s = cls(backbone=official_backbone(g), num_classes=g["cfg"]["classes"], recipe="official", device="cpu",
-            progress=False, loggers=[], train_mb_size=4, **{**kw, **overrides})
+    s = cls(backbone=official_backbone(g), num_classes=g["cfg"]["classes"], device="cpu", progress=False,
+            loggers=[], train_mb_size=4, **{"recipe": "official", **kw, **overrides})
     per_task = g["cfg"]["classes_per_task"]
     s.task_classes = [list(range(t * per_task, (t + 1) * per_task)) for t in range(task + 1)]
     s.class_to_task = {c: t for t, cs in enumerate(s.task_classes) for c in cs}
@@ -221,3 +221,93 @@ def test_step_matches_official(golden, method, task, variant):
         close(grad, rec["grads"][name], f"grad {name}")
     close(s.model.head.weight.grad, rec["grad_head"]["weight"], "grad head.weight")
     close(s.model.head.bias.grad, rec["grad_head"]["bias"], "grad head.bias")
+
+
+# ---------------------------------------------------------------- CODA-P's components
+def _replay(calls: list, order: list[str]):
+    """A ``draw(kind, layer, shape)`` returning the official draws of the call ``layer{l}:{kind}``."""
+    def draw(kind: str, layer: int, shape: tuple[int, ...]) -> torch.Tensor:
+        d = calls[order.index(f"layer{layer}:{kind}")]["draws"]
+        assert tuple(d.shape) == shape
+        return d
+    return draw
+
+
+@pytest.mark.parametrize("when", ["gs_init", "switch/gs"])
+def test_coda_gram_schmidt_equals_each_official_call(golden, when):
+    """Our classical Gram–Schmidt fed the official call's input and draws gives its output."""
+    calls = get(golden, f"coda/{when}")
+    c = 10
+    s = 0 if when == "gs_init" else c
+    for i, call in enumerate(calls):
+        inp, out = call["in"].flatten(1), call["out"].flatten(1)
+        new = gram_schmidt_rows(inp[:s], call["draws"])
+        close(new, out[s:s + c], f"{when}[{i}] new rows")
+        assert torch.equal(out[:s], inp[:s]), "old rows are copied, not re-orthonormalised"
+        assert not bool(out[s + c:].any()), "rows past the current task stay zero"
+
+
+def test_coda_task_switch_replayed_from_the_recorded_draws(golden):
+    """Construction and the task switch through the model: the official init's rows [0, 10), then
+    the switch on the trained task-0 state gives the official ``switch/state`` (old rows unchanged
+    and frozen, new rows from the recorded draws)."""
+    s = build("coda", golden, 0)
+    model = s.model
+    fresh = type(model)(official_backbone(golden), 10, components_per_task=10)
+    fresh.add_task(draw=_replay(get(golden, "coda/gs_init"), get(golden, "coda/gs_init_order")))
+    for name, chunks in coda_chunks(fresh).items():
+        for pos, layer in enumerate(fresh.layers):
+            close(chunks[0][pos], get(golden, f"coda/prompt_init/{name}_{layer}")[:10], f"init {name}_{layer}")
+    model.add_task(draw=_replay(get(golden, "coda/switch/gs"), get(golden, "coda/switch/gs_order")))
+    assert model.num_tasks == 2
+    for name, chunks in coda_chunks(model).items():
+        assert not chunks[0].requires_grad and chunks[1].requires_grad
+        for pos, layer in enumerate(model.layers):
+            after = get(golden, f"coda/switch/state/{name}_{layer}")
+            assert torch.equal(chunks[0][pos], get(golden, f"coda/t0/state/{name}_{layer}")[:10])
+            assert torch.equal(chunks[0][pos], after[:10])
+            close(chunks[1][pos], after[10:], f"switch {name}_{layer}")
+
+
+def test_coda_refuses_more_components_than_the_width(golden):
+    with pytest.raises(ValueError, match="cannot be orthogonalised"):
+        gram_schmidt_rows(torch.randn(60, 64), torch.randn(10, 64))
+
+
+# ---------------------------------------------------------------- the two recipes of the pull term
+@pytest.mark.parametrize("task", [0, 1])
+def test_l2p_pull_term_official_and_ours(golden, task):
+    """``recipe="official"``: the batch-summed cross term (B·B·k terms, batch-dependent, equal to the
+    golden on the batch and on ``X[:2]``); ``"ours"``: the per-sample term averaged over the batch
+    (the golden's per-sample sum / B), which does not change when the batch is split."""
+    diag = golden["diagnostics"]
+    per_sample_sum = torch.tensor(diag[f"l2p/t{task}/pull_per_sample_gather_sum"])
+    official = build("l2p", golden, task)
+    ours = build("l2p", golden, task, recipe="ours")
+    X = golden["X"]
+    for s in (official, ours):
+        s.model.train()
+    official.model(X)
+    close(official.model.last_aux_loss.reshape(1), get(golden, f"l2p/t{task}/train/prompt_loss"), "official",
+          rtol=1e-6, atol=1e-4)
+    official.model(X[:2])
+    close(official.model.last_aux_loss.reshape(1), get(golden, f"l2p/t{task}/prompt_loss_first2"), "official X[:2]",
+          rtol=1e-6, atol=1e-4)
+    ours.model(X)
+    whole = ours.model.last_aux_loss
+    close(whole, per_sample_sum / 4, "ours", rtol=1e-6, atol=1e-5)
+    halves = []
+    for part in (X[:2], X[2:]):
+        ours.model(part)
+        halves.append(ours.model.last_aux_loss)
+    close(whole, (halves[0] + halves[1]) / 2, "ours is a per-sample mean")
+    assert float(get(golden, f"l2p/t{task}/train/prompt_loss")) > 3 * float(whole.detach()) * 4
+
+
+@pytest.mark.parametrize("task", [0, 1])
+def test_dualprompt_pull_term_official_and_ours(golden, task):
+    official, ours = build("dual", golden, task), build("dual", golden, task, recipe="ours")
+    for s in (official, ours):
+        run_forward(s, golden, task, train=True)
+    close(ours.model.last_aux_loss * 4, official.model.last_aux_loss, "ours = official / B")
+    close(official.model.last_aux_loss.reshape(1), get(golden, f"dual/t{task}/train/prompt_loss"), "official")
