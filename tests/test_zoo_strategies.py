@@ -10,6 +10,7 @@ import pytest
 import torch
 from cl_utils import make_benchmark, tiny_backbone
 from mlflow_utils import fresh_store
+from test_strategies import acc_matrix, run
 
 from avalanche_promptmoe import CODAPromptStrategy, DualPromptStrategy, L2PStrategy
 
@@ -23,17 +24,6 @@ SMALL = {
 
 def make(cls, seed=0, **kw):
     return cls(backbone=tiny_backbone(), seed=seed, **{**COMMON, **SMALL[cls], **kw})
-
-
-def acc_matrix(strategy):
-    return next(m for m in strategy.evaluator.metrics if type(m).__name__ == "TaskAveragedMetrics").accuracy_matrix
-
-
-def run(strategy, bm, start=0, stop=None):
-    for exp in bm.train_stream[start:stop]:
-        strategy.train(exp, eval_streams=[])
-        strategy.eval(bm.test_stream)
-    return acc_matrix(strategy)
 
 
 @pytest.mark.parametrize("cls", list(SMALL))

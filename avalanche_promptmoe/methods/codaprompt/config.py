@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...training.config import LRSchedule, MethodConfig, OptimizerName
+from ..query_match_config import QueryMatchConfig, check_prompt_length
 
 __all__ = ["CODAPromptConfig"]
 
 
 @dataclass(frozen=True)
-class CODAPromptConfig(MethodConfig):
+class CODAPromptConfig(QueryMatchConfig):
     """CODA-Prompt (Smith et al., CVPR 2023): per prompted layer, prompt components with keys and
     attention vectors, weighted per sample by ``cos(q ⊙ A, K)`` and summed into a prefix.
 
@@ -27,12 +27,6 @@ class CODAPromptConfig(MethodConfig):
     ``recipe = "official"`` changes nothing: no behaviour of ours differs from the official code.
     """
 
-    epochs: int = 20
-    lr: float = 0.001
-    head_lr_scale: float = 1.0
-    optimizer: OptimizerName = "adam"
-    weight_decay: float = 0.0
-    lr_schedule: LRSchedule = "cosine"
     layers: tuple[int, ...] = (0, 1, 2, 3, 4)
     components_per_task: int = 10
     length: int = 8
@@ -40,11 +34,9 @@ class CODAPromptConfig(MethodConfig):
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "components_per_task", "length"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"components_per_task", "length"})
-    HAS_OFFICIAL_RECIPE: ClassVar[bool] = True  # GT-RIPL/CODA-Prompt models/zoo.py: CodaPrompt
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.layers:
             raise ValueError("layers: give at least one prompted block")
-        if self.length % 2:
-            raise ValueError(f"length: half keys, half values, so it must be even, got {self.length}")
+        check_prompt_length("length", self.length)

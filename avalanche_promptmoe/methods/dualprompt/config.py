@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...prompts.pool import InitName
-from ...training.config import LRSchedule, MethodConfig, OptimizerName
+from ..query_match_config import QueryMatchConfig, check_prompt_length
 
 __all__ = ["DualPromptConfig"]
 
 
 @dataclass(frozen=True)
-class DualPromptConfig(MethodConfig):
+class DualPromptConfig(QueryMatchConfig):
     """DualPrompt (Wang et al., ECCV 2022, as re-implemented in CODA-Prompt): shared G-prompts in the
     first blocks, one E-prompt and key per task in the next ones (the task's own in training, top-1
     by key at inference, per layer), all as prefix keys/values.
@@ -31,12 +31,6 @@ class DualPromptConfig(MethodConfig):
     ``"ours"``: its batch mean (the same direction; independent of the batch size).
     """
 
-    epochs: int = 20
-    lr: float = 0.001
-    head_lr_scale: float = 1.0
-    optimizer: OptimizerName = "adam"
-    weight_decay: float = 0.0
-    lr_schedule: LRSchedule = "cosine"
     g_layers: tuple[int, ...] = (0, 1)
     g_length: int = 6
     e_layers: tuple[int, ...] = (2, 3, 4)
@@ -46,17 +40,14 @@ class DualPromptConfig(MethodConfig):
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"g_layers", "g_length", "e_layers", "pool_size", "e_length"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"pool_size", "e_length"})
-    HAS_OFFICIAL_RECIPE: ClassVar[bool] = True  # GT-RIPL/CODA-Prompt models/zoo.py: DualPrompt
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.e_layers:
             raise ValueError("e_layers: give at least one E-prompt block")
-        if self.e_length % 2 or (self.g_layers and (self.g_length < 2 or self.g_length % 2)):
-            raise ValueError(
-                f"g_length, e_length: half keys, half values, so they must be even and positive, got "
-                f"{self.g_length}, {self.e_length}"
-            )
+        check_prompt_length("e_length", self.e_length)
+        if self.g_layers:
+            check_prompt_length("g_length", self.g_length)
 
     @property
     def pull_reduction(self) -> str:

@@ -7,13 +7,13 @@ from typing import ClassVar
 
 from ...prompts.pool import InitName
 from ...routing import check_top_k
-from ...training.config import LRSchedule, MethodConfig, OptimizerName
+from ..query_match_config import QueryMatchConfig, check_prompt_length
 
 __all__ = ["L2PConfig"]
 
 
 @dataclass(frozen=True)
-class L2PConfig(MethodConfig):
+class L2PConfig(QueryMatchConfig):
     """L2P++ (Wang et al., CVPR 2022, as re-implemented in CODA-Prompt): a pool of prompts matched to
     the frozen ViT's [CLS] query by learnable keys, top-k per sample, used as prefix keys/values.
 
@@ -31,12 +31,6 @@ class L2PConfig(MethodConfig):
     over the k selected keys and averaged over the batch (docs/methods.md "L2P, DualPrompt, CODA-P").
     """
 
-    epochs: int = 20
-    lr: float = 0.001
-    head_lr_scale: float = 1.0
-    optimizer: OptimizerName = "adam"
-    weight_decay: float = 0.0
-    lr_schedule: LRSchedule = "cosine"
     layers: tuple[int, ...] = (0,)
     pool_size: int = 30
     length: int = 20
@@ -45,15 +39,13 @@ class L2PConfig(MethodConfig):
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "pool_size", "length"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"pool_size", "length", "top_k"})
-    HAS_OFFICIAL_RECIPE: ClassVar[bool] = True  # GT-RIPL/CODA-Prompt models/zoo.py: L2P
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_top_k(self.top_k, self.pool_size)
         if not self.layers:
             raise ValueError("layers: give at least one prompted block")
-        if self.length % 2:
-            raise ValueError(f"length: half keys, half values, so it must be even, got {self.length}")
+        check_prompt_length("length", self.length)
 
     @property
     def pull_reduction(self) -> str:
