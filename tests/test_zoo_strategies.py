@@ -140,3 +140,21 @@ def test_logs_to_mlflow(cls, tmp_path: Path):
     assert r.data.metrics["final/trainable_params"] == s.trainable_parameter_count()
     usage = {a.path for a in MlflowClient(uri).list_artifacts(logger.run_id, "expert_usage")}
     assert bool(usage) == (cls is L2PStrategy)
+
+
+def test_kit_script_runs_the_method(tmp_path):
+    """``experiments/run_tinyimagenet32.py --method codaprompt`` on a sliver of the kit (the names are
+    registered; every shipped config validates in tests/test_experiments.py)."""
+    method = "codaprompt"
+    import runpy
+    import sys
+
+    exp = Path(__file__).resolve().parents[1] / "experiments"
+    sys.path.insert(0, str(exp))
+    import runner
+
+    spec = runpy.run_path(str(exp / "run_tinyimagenet32.py"), run_name="not_main")["SPEC"]
+    summary = runner.run(spec, ["--method", method, "--device", "cpu", "--run-dir", str(tmp_path), "--no-mlflow",
+                                "--set", "benchmark.train_per_class=2", "--set", "benchmark.test_per_class=2",
+                                "--set", "benchmark.n_experiences=2", "--set", "method.epochs=1"])
+    assert len(summary["accuracy_matrix"]) == 2 and 0.0 <= summary["faa"] <= 1.0
