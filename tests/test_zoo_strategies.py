@@ -158,3 +158,21 @@ def test_kit_script_runs_the_method(tmp_path):
                                 "--set", "benchmark.train_per_class=2", "--set", "benchmark.test_per_class=2",
                                 "--set", "benchmark.n_experiences=2", "--set", "method.epochs=1"])
     assert len(summary["accuracy_matrix"]) == 2 and 0.0 <= summary["faa"] <= 1.0
+
+
+def test_bad_settings_are_named():
+    from avalanche_promptmoe.methods.codaprompt.config import CODAPromptConfig
+    from avalanche_promptmoe.methods.dualprompt.config import DualPromptConfig
+    from avalanche_promptmoe.methods.l2p.config import L2PConfig
+
+    with pytest.raises(ValueError, match="length: half keys, half values"):
+        L2PConfig(length=7)
+    with pytest.raises(ValueError, match="top_k"):
+        L2PConfig(pool_size=4, top_k=5)
+    with pytest.raises(ValueError, match="g_length"):
+        DualPromptConfig(g_length=3)
+    DualPromptConfig(g_layers=(), g_length=0)  # no G-prompts at all is allowed
+    with pytest.raises(ValueError, match="components_per_task"):
+        CODAPromptConfig(components_per_task=0)
+    assert L2PConfig(recipe="official").pull_reduction == "cross_sum" and L2PConfig().pull_reduction == "mean"
+    assert DualPromptConfig(recipe="official").pull_reduction == "sum"
