@@ -19,6 +19,9 @@ _LAZY = {
     "LinearProbeStrategy": "avalanche_promptmoe.methods.baselines.strategy",
     "SequentialPromptStrategy": "avalanche_promptmoe.methods.baselines.strategy",
     "JointPromptStrategy": "avalanche_promptmoe.methods.baselines.strategy",
+    "L2PStrategy": "avalanche_promptmoe.methods.l2p.strategy",
+    "DualPromptStrategy": "avalanche_promptmoe.methods.dualprompt.strategy",
+    "CODAPromptStrategy": "avalanche_promptmoe.methods.codaprompt.strategy",
 }
 
 __all__ = ["__version__", *_LAZY]

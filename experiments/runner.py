@@ -43,7 +43,7 @@ warnings.filterwarnings("ignore", message="no QP solver found", category=UserWar
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = PROJECT_ROOT / "experiments" / "configs"
-METHOD_NAMES = ("hash", "smope", "hlgp", "hide", "linear", "seq", "joint")
+METHOD_NAMES = ("hash", "smope", "hlgp", "hide", "linear", "seq", "joint", "l2p", "dualprompt", "codaprompt")
 STRATEGY_KEYS = (
     "backbone", "pretrained", "checkpoint_path", "backbone_kwargs", "train_mb_size", "train_epochs",
     "eval_mb_size", "checkpoint_dir", "use_task_labels", "eval_every",

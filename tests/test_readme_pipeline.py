@@ -14,6 +14,7 @@ import math
 import re
 from pathlib import Path
 
+import pytest
 import torch
 from cl_utils import FAST_HIDE, make_benchmark
 from conftest import make_tiny_vit
@@ -84,3 +85,35 @@ def test_readme_use_a_trained_model(tmp_path, monkeypatch):
     assert torch.equal(classes, ns["strategy"].predict(images))  # the rebuilt strategy predicts as the trained
     assert torch.equal(logits, ns["strategy"].predict_logits(images))
     assert set(classes.tolist()) <= set(range(6)) and (logits > -1e4).all()  # both experiences trained
+
+
+ZOO_SECTION = "## L2P, DualPrompt and CODA-Prompt (and Avalanche's own L2P)"
+
+
+def test_readme_zoo_section_swaps_avalanches_l2p_for_ours(tmp_path, monkeypatch, capsys):
+    """The README's L2P section: its pipeline runs with our ``L2PStrategy`` in place of Avalanche's
+    ``LearningToPrompt``, and what the section says of Avalanche's own class still holds."""
+    from avalanche.training import LearningToPrompt
+
+    from avalanche_promptmoe import L2PStrategy
+
+    monkeypatch.chdir(tmp_path)
+    text = README.read_text()
+    start = text.index(ZOO_SECTION)
+    blocks = re.findall(r"```python\n(.*?)```", text[start:text.index("\n## ", start + len(ZOO_SECTION))], re.S)
+    assert len(blocks) == 2, "the section's snippets changed: update this test"
+    ns: dict = {"benchmark": make_benchmark(n_exp=2, classes_per_exp=3, per_class=6, test_per_class=4)}
+    exec(compile(blocks[0], "README.md[zoo block 0]", "exec"), ns)
+    assert ns["zoo"]["num_classes"] == 100 and ns["zoo"]["pretrained"] is True
+    ns["zoo"] = dict(backbone=make_tiny_vit(depth=2), num_classes=6, train_mb_size=8, train_epochs=1,
+                     device="cpu", progress=False)
+    exec(compile(blocks[1], "README.md[zoo block 1]", "exec"), ns)
+    strategy = ns["strategy"]
+    assert isinstance(strategy, L2PStrategy) and strategy.trained_experiences == 2
+    metrics = ns["evaluator"].get_all_metrics()
+    assert any(k.startswith("Top1_Acc_Stream/eval_phase/test_stream") for k in metrics)
+    assert int(strategy.expert_usage().sum()) == 2 * 18 * 5  # 2 experiences × 18 images × top-5
+    assert "tensor([180])" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="'PretrainedCfg' object is not subscriptable"):
+        LearningToPrompt(model_name="vit_tiny_patch16_224", criterion=torch.nn.CrossEntropyLoss(),
+                         pretrained=False, num_classes=4, device="cpu")

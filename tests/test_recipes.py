@@ -40,7 +40,7 @@ SPECS = {
     "cub200": BenchmarkSpec("cub200", split_cub200, num_classes=200),
     "imagenet_r": BenchmarkSpec("imagenet_r", split_imagenet_r, num_classes=200),
 }
-METHODS = ("hash", "smope", "hlgp", "hide", "linear", "seq", "joint")
+METHODS = ("hash", "smope", "hlgp", "hide", "linear", "seq", "joint", "l2p", "dualprompt", "codaprompt")
 CONFIGS = [(b, m) for b in SPECS for m in METHODS]
 
 

@@ -15,6 +15,9 @@ METHODS: dict[str, str] = {
     "linear": "avalanche_promptmoe.methods.baselines.strategy:LinearProbeStrategy",
     "seq": "avalanche_promptmoe.methods.baselines.strategy:SequentialPromptStrategy",
     "joint": "avalanche_promptmoe.methods.baselines.strategy:JointPromptStrategy",
+    "l2p": "avalanche_promptmoe.methods.l2p.strategy:L2PStrategy",
+    "dualprompt": "avalanche_promptmoe.methods.dualprompt.strategy:DualPromptStrategy",
+    "codaprompt": "avalanche_promptmoe.methods.codaprompt.strategy:CODAPromptStrategy",
 }
 
 

@@ -1,0 +1,1 @@
+"""DualPrompt on the shared engine (the CODA-Prompt code base's DualPrompt)."""
