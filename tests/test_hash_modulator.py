@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from avalanche.logging import BaseLogger
 from cl_utils import FAST_HIDE, make_benchmark, tiny_backbone
 from conftest import make_tiny_vit
 from hypothesis import assume, given
@@ -30,9 +31,18 @@ class _NoHistory(HashPromptStrategy):
         self.model.add_task(frequent=None)
 
 
-def _run(cls=HashPromptStrategy, **kw):
+class _Capture(BaseLogger):
+    def __init__(self):
+        super().__init__()
+        self.metrics: dict[str, dict[int, float]] = {}
+
+    def log_single_metric(self, name, value, x_plot):
+        self.metrics.setdefault(name, {})[x_plot] = value
+
+
+def _run(cls=HashPromptStrategy, loggers=(), **kw):
     bm = make_benchmark(n_exp=3)
-    s = cls(backbone=tiny_backbone(), loggers=[], **{**TINY, **kw})
+    s = cls(backbone=tiny_backbone(), loggers=list(loggers), **{**TINY, **kw})
     for i in range(3):
         s.train(bm.train_stream[i], eval_streams=[])
         s.eval(bm.test_stream[: i + 1])
@@ -41,7 +51,7 @@ def _run(cls=HashPromptStrategy, **kw):
 
 @pytest.fixture(scope="module")
 def default_run():
-    return _run()
+    return _run(loggers=[_Capture()])
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +72,15 @@ def test_frequent_experts_still_selected_after_the_first_task(default_run):
     assert _mean(records, "test_frequent_share") > 0
     assert all(0 <= v <= 1 for r in records for v in r["train_frequent_share"] + r["test_frequent_share"])
     json.dumps(records)  # summary.json-ready
+
+
+def test_figures_reach_the_loggers_per_experience(default_run):
+    logged = next(lg for lg in default_run.evaluator.loggers if isinstance(lg, _Capture)).metrics
+    records = default_run.diagnostics()["hash_modulator"]
+    for fig in ("train_frequent_share", "test_frequent_share", "spread_start", "spread_end", "frequent_drift"):
+        series = logged[f"hash_modulator/{fig}/layer1"]
+        expected = {r["experience"]: r[fig][1] for r in records if not math.isnan(r[fig][1])}
+        assert series == pytest.approx(expected) and len(series) >= 2, fig
 
 
 def test_hgm_alpha_shrinks_the_frequent_experts_drift(default_run, alpha_one_run):
