@@ -73,8 +73,12 @@ def modulator_summary(records: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def run_one(reading: str, variant: str, seed: int = 0, protocol: str = "ci", kit: str | None = None) -> dict[str, Any]:
-    """One Hash run; the runner's summary figures plus :func:`modulator_summary`."""
+def run_one(reading: str, variant: str, seed: int = 0, protocol: str = "ci", kit: str | None = None,
+            experiences: int | None = None) -> dict[str, Any]:
+    """One Hash run; the runner's summary figures plus :func:`modulator_summary`. ``experiences``
+    stops after the first N experiences (a screen of the mechanism: FAA etc. are then over N tasks)."""
+    from types import SimpleNamespace
+
     import torch
     from runner import train_and_evaluate
 
@@ -85,14 +89,17 @@ def run_one(reading: str, variant: str, seed: int = 0, protocol: str = "ci", kit
     bench, strat, settings = _protocol(protocol, kit)
     bench["seed"] = seed
     benchmark = split_tinyimagenet32(kit, **bench)
+    if experiences is not None:
+        benchmark = SimpleNamespace(train_stream=benchmark.train_stream[:experiences],
+                                    test_stream=benchmark.test_stream[:experiences])
     settings.update(READINGS[reading], **VARIANTS[variant])
     strategy = HashPromptStrategy(backbone=load_reference_backbone(kit), num_classes=100, seed=seed, device="cpu",
                                   loggers=[], progress=False, **strat, **settings)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         summary = train_and_evaluate(strategy, benchmark, Path(tmp))
-    return {"reading": reading, "variant": variant, "seed": seed, "protocol": protocol,
-            "time_s": time.perf_counter() - t0, **{k: summary[k] for k in ("faa", "caa", "ffm", "ffm_hide")},
+    return {"reading": reading, "variant": variant, "seed": seed, "protocol": protocol, "experiences": experiences,
+            "time_s": time.perf_counter() - t0, **{k: summary[k] for k in ("faa", "caa", "ffm", "ffm_hide", "accuracy_matrix")},
             **modulator_summary(summary["hash_modulator"]), "hash_modulator": summary["hash_modulator"]}
 
 
@@ -103,15 +110,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--protocol", choices=("ci", "kit"), default="ci")
     p.add_argument("--kit", default=None)
+    p.add_argument("--experiences", type=int, default=None,
+                   help="stop after the first N experiences (mechanism screen; FAA etc. over N tasks)")
     p.add_argument("--json", default=None, help="append each result as one JSON line here")
     args = p.parse_args(argv)
     results = []
     for seed in args.seeds:
         for reading in args.readings:
             for variant in args.variants:
-                r = run_one(reading, variant, seed, args.protocol, args.kit)
+                r = run_one(reading, variant, seed, args.protocol, args.kit, args.experiences)
                 results.append(r)
-                print(f"{reading:<18} {variant:<5} seed {seed}  FAA {100 * r['faa']:6.2f}  CAA {100 * r['caa']:6.2f}  "
+                print(f"{reading:<18} {variant:<5} seed {seed} T={len(r['hash_modulator'])}  FAA {100 * r['faa']:6.2f}  CAA {100 * r['caa']:6.2f}  "
                       f"FFM {100 * r['ffm']:5.2f}  FFM-HiDe {100 * r['ffm_hide']:5.2f}  "
                       f"freq. share train {100 * r['train_frequent_share']:5.1f} % test "
                       f"{100 * r['test_frequent_share']:5.1f} %  drift freq. {r['frequent_drift']:.3f} "
