@@ -27,9 +27,11 @@ class HashConfig(HiDeConfig):
         delta: δ = 0.4, the stepwise routing penalty on the frequent set (HDR), in the units of
             ``score_reading``.
         score_reading: the units the penalty reads the router scores in (the paper gives none;
-            docs/methods.md "Hash"): ``"raw"`` — ``s = mean_n(x W_r)/√d`` as the paper's equation
-            writes it; ``"standardised"`` — per sample over the experts, ``(s − mean_e s)/std_e s``,
-            so δ is in units of the score spread whatever the router's scale.
+            docs/methods.md "Hash"): ``"standardised"`` (default since issue #18) — per sample over
+            the experts, ``(s − mean_e s)/std_e s``, so δ is in units of the score spread whatever
+            the router's scale, and the frequent experts keep a share of the selections;
+            ``"raw"`` — ``s = mean_n(x W_r)/√d`` as the paper's equation writes it (with the
+            Kaiming router δ = 0.4 then removes the frequent experts from every top-K).
         router_init: a new task's router (the paper gives no initialisation): ``"kaiming"`` —
             U(±1/√d) like ``nn.Linear`` (a fresh router's scores lie within about 0.1 of each
             other, so δ = 0.4 removes the frequent experts from every top-K); ``"uniform_pm1"`` —
@@ -52,7 +54,7 @@ class HashConfig(HiDeConfig):
     alpha: float = 0.1
     prompt_init: InitName = "uniform_pm1"
     hgm: Literal["update", "grad"] = "update"
-    score_reading: ScoreReading = "raw"
+    score_reading: ScoreReading = "standardised"
     router_init: HashRouterInit = "kaiming"
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "num_experts", "length", "top_k"})

@@ -69,7 +69,7 @@ class HashPromptModel(PromptedClassifier):
         length: int = 15,
         top_k: int = 2,
         delta: float = 0.4,
-        score_reading: ScoreReading = "raw",
+        score_reading: ScoreReading = "standardised",
         router_init: HashRouterInit = "kaiming",
         prompt_init: str = "uniform_pm1",
         generator: torch.Generator | None = None,
