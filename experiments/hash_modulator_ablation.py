@@ -103,6 +103,15 @@ def run_one(reading: str, variant: str, seed: int = 0, protocol: str = "ci", kit
             **modulator_summary(summary["hash_modulator"]), "hash_modulator": summary["hash_modulator"]}
 
 
+def _result_line(r: dict[str, Any]) -> str:
+    return (f"{r['reading']:<18} {r['variant']:<5} seed {r['seed']} T={len(r['hash_modulator'])}  "
+            f"FAA {100 * r['faa']:6.2f}  CAA {100 * r['caa']:6.2f}  FFM {100 * r['ffm']:5.2f}  "
+            f"FFM-HiDe {100 * r['ffm_hide']:5.2f}  freq. share train {100 * r['train_frequent_share']:5.1f} % "
+            f"test {100 * r['test_frequent_share']:5.1f} %  drift freq. {r['frequent_drift']:.3f} "
+            f"other {r['other_drift']:.3f}  spread {r['spread_start']:.2f}→{r['spread_end']:.2f}  "
+            f"({r['time_s']:.0f} s)")
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--readings", nargs="+", default=["raw"], choices=sorted(READINGS))
@@ -120,15 +129,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             for variant in args.variants:
                 r = run_one(reading, variant, seed, args.protocol, args.kit, args.experiences)
                 results.append(r)
-                print(f"{reading:<18} {variant:<5} seed {seed} T={len(r['hash_modulator'])}  FAA {100 * r['faa']:6.2f}  CAA {100 * r['caa']:6.2f}  "
-                      f"FFM {100 * r['ffm']:5.2f}  FFM-HiDe {100 * r['ffm_hide']:5.2f}  "
-                      f"freq. share train {100 * r['train_frequent_share']:5.1f} % test "
-                      f"{100 * r['test_frequent_share']:5.1f} %  drift freq. {r['frequent_drift']:.3f} "
-                      f"other {r['other_drift']:.3f}  spread {r['spread_start']:.2f}→{r['spread_end']:.2f}  "
-                      f"({r['time_s']:.0f} s)", flush=True)
+                print(_result_line(r), flush=True)
                 if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(r) + "\n")
+                    with Path(args.json).open("a") as f:
+                        print(json.dumps(r), file=f)
     return results
 
 
