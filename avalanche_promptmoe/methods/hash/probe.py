@@ -64,12 +64,14 @@ def _row_drift(before: Tensor, after: Tensor, mask: Tensor) -> list[float]:
     return out
 
 
-class ModulatorProbePlugin(SupervisedPlugin):
+class ModulatorProbePlugin(SupervisedPlugin, supports_distributed=True):
     """Measures the score spread, frequent-set selection shares and the frequent experts' drift.
 
     Works with :class:`~.model.HashPromptModel` (``last_scores``, ``last_routing``,
     ``last_task_ids``, ``frequent``, ``task_frequent``, ``pool``). Add it after the strategy has
     fixed the task's frequent set (``prepare_task`` runs before the plugins' ``before_training_exp``).
+    Under data parallelism each rank measures its own shard (rank 0's figures are the ones logged);
+    the probe never changes training.
     """
 
     def __init__(self) -> None:
