@@ -328,6 +328,9 @@ def train_and_evaluate(strategy: Any, benchmark: Any, run_dir: Path, *, resume: 
         accuracy_matrix=task_averaged_metric(strategy).accuracy_matrix.tolist(),
         resumed_from=start,
     )
+    diagnostics = getattr(strategy, "diagnostics", None)  # method-specific figures (Hash: its modulator)
+    if callable(diagnostics):
+        summary.update(diagnostics())
     return summary
 
 

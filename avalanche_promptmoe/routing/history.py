@@ -14,11 +14,16 @@ __all__ = [
     "adaptive_noise",
     "count_selections",
     "history_penalty",
+    "read_scores",
     "scale_frequent_grads",
+    "standardise_scores",
     "scale_frequent_update",
 ]
 
 FrequentRule = Literal["top_k", "above_mean"]
+#: Units Hash's router scores are read in before the penalty: ``"raw"`` — ``mean_n(x W_r) / √d`` as
+#: the router computes them; ``"standardised"`` — per sample over the experts (:func:`standardise_scores`).
+ScoreReading = Literal["raw", "standardised"]
 
 
 def count_selections(indices: Tensor, num_experts: int) -> Tensor:
@@ -40,6 +45,27 @@ def history_penalty(scores: Tensor, frequent: Tensor, delta: float) -> Tensor:
     if delta < 0:
         raise ValueError(f"delta: the history penalty must be >= 0, got {delta}")
     return scores - delta * frequent.to(scores.dtype)
+
+
+def standardise_scores(scores: Tensor, eps: float = 1e-6) -> Tensor:
+    """Per-sample standardisation over the experts: ``(s − mean_e s) / (std_e s + eps)``.
+
+    Hash's ``score_reading="standardised"``: the top-K order of a sample is unchanged, and a penalty
+    δ applied afterwards is in units of that sample's score spread (its standard deviation over the
+    experts), whatever the router's scale. Differentiable; ``scores (..., E)`` → same shape.
+    """
+    mean = scores.mean(dim=-1, keepdim=True)
+    std = scores.std(dim=-1, keepdim=True, unbiased=False)
+    return (scores - mean) / (std + eps)
+
+
+def read_scores(scores: Tensor, reading: ScoreReading) -> Tensor:
+    """Router scores ``(..., E)`` in the units the history penalty is applied in (``reading``)."""
+    if reading == "raw":
+        return scores
+    if reading == "standardised":
+        return standardise_scores(scores)
+    raise ValueError(f"reading: expected 'raw' or 'standardised', got {reading!r}")
 
 
 def adaptive_noise(scores: Tensor, frequent: Tensor, epsilon: float) -> Tensor:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TaskGatedRouter", "prompt_attention_scores"]
+__all__ = ["RouterInit", "TaskGatedRouter", "prompt_attention_scores"]
+
+#: How a new task's router weights are drawn: ``"kaiming"`` — U(±1/√d) like ``nn.Linear`` (scores
+#: within about ±0.1 of each other on a fresh router); ``"uniform_pm1"`` — U(−1, 1) like HiDe's prompts
+#: (√(d) times wider: the score spread is of order 1, so a penalty δ = 0.4 is soft).
+RouterInit = Literal["kaiming", "uniform_pm1"]
 
 
 class TaskGatedRouter(nn.Module):
@@ -15,13 +21,16 @@ class TaskGatedRouter(nn.Module):
 
     ``scores = mean_n(x W_r^(t)) / sqrt(d)`` for input tokens ``x`` of shape ``(B, N, d)``; the mean
     over tokens commutes with the linear map, so it is computed on ``mean_n(x)``. Weights are
-    initialised like ``nn.Linear`` (Kaiming-uniform, bound ``1/sqrt(d)``); a new task's router is
-    created by :meth:`add_task` (optionally copied from the previous task's).
+    initialised like ``nn.Linear`` (Kaiming-uniform, bound ``1/sqrt(d)``; ``init="kaiming"``) or
+    U(−1, 1) (``init="uniform_pm1"``); a new task's router is created by :meth:`add_task` (optionally
+    copied from the previous task's).
     """
 
-    def __init__(self, embed_dim: int, num_experts: int) -> None:
+    def __init__(self, embed_dim: int, num_experts: int, *, init: RouterInit = "kaiming") -> None:
         super().__init__()
-        self.embed_dim, self.num_experts = embed_dim, num_experts
+        if init not in ("kaiming", "uniform_pm1"):
+            raise ValueError(f"init: expected 'kaiming' or 'uniform_pm1', got {init!r}")
+        self.embed_dim, self.num_experts, self.init = embed_dim, num_experts, init
         self.weights = nn.ParameterList()
 
     @property
@@ -34,7 +43,7 @@ class TaskGatedRouter(nn.Module):
         if copy_previous and self.num_tasks:
             w.copy_(self.weights[-1].detach())
         else:
-            bound = 1.0 / math.sqrt(self.embed_dim)
+            bound = 1.0 / math.sqrt(self.embed_dim) if self.init == "kaiming" else 1.0
             w.uniform_(-bound, bound, generator=generator)
         for old in self.weights:
             old.requires_grad_(False)

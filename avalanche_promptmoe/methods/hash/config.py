@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from ...prompts.pool import InitName
-from ...routing import check_top_k
+from ...routing import ScoreReading, check_top_k
 from ...training.hide import HiDeConfig
+from .model import HashRouterInit
 
 __all__ = ["HashConfig"]
 
@@ -23,7 +24,20 @@ class HashConfig(HiDeConfig):
         num_experts: N_r = 15 experts per prompted layer.
         length: L = 15 key and 15 value tokens per expert ("kv_each" convention).
         top_k: K = 2 experts per sample.
-        delta: δ = 0.4, the stepwise routing penalty on the frequent set (HDR).
+        delta: δ = 0.4, the stepwise routing penalty on the frequent set (HDR), in the units of
+            ``score_reading``.
+        score_reading: the units the penalty reads the router scores in (the paper gives none;
+            docs/methods.md "Hash"): ``"standardised"`` (default since issue #18) — per sample over
+            the experts, ``(s − mean_e s)/std_e s``, so δ is in units of the score spread whatever
+            the router's scale, and the frequent experts keep a share of the selections;
+            ``"raw"`` — ``s = mean_n(x W_r)/√d`` as the paper's equation writes it (with the
+            Kaiming router δ = 0.4 then removes the frequent experts from every top-K).
+        router_init: a new task's router (the paper gives no initialisation): ``"kaiming"`` —
+            U(±1/√d) like ``nn.Linear`` (a fresh router's scores lie within about 0.1 of each
+            other, so δ = 0.4 removes the frequent experts from every top-K); ``"uniform_pm1"`` —
+            U(−1, 1) like the prompts (score spread of order 1: δ = 0.4 is a soft penalty at task
+            start); ``"copy_previous"`` — the previous task's router, so the experts the history
+            made popular start with the scores they earned (the first task's is Kaiming).
         alpha: HGM's factor on the frequent set (the paper's β = 0.1): their learning rate is α × lr.
         hgm: how HGM applies α — ``"update"`` (default): the frequent experts take α × the step the
             optimizer made, under any optimizer (the paper's "lower learning rate"); ``"grad"``: their
@@ -40,6 +54,8 @@ class HashConfig(HiDeConfig):
     alpha: float = 0.1
     prompt_init: InitName = "uniform_pm1"
     hgm: Literal["update", "grad"] = "update"
+    score_reading: ScoreReading = "standardised"
+    router_init: HashRouterInit = "kaiming"
 
     STRUCTURAL: ClassVar[frozenset[str]] = frozenset({"layers", "num_experts", "length", "top_k"})
     POSITIVE: ClassVar[frozenset[str]] = frozenset({"num_experts", "length", "top_k", "alpha"})

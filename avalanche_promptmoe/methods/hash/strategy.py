@@ -12,6 +12,7 @@ from ...training.hide import HiDePhases
 from ...training.plugins import GradientScalingPlugin, PhaseSchedulerPlugin, RoutingHistoryPlugin
 from .config import HashConfig
 from .model import HashPromptModel
+from .probe import ModulatorProbePlugin
 
 __all__ = ["HashPromptStrategy"]
 
@@ -35,7 +36,8 @@ class HashPromptStrategy(HiDePhases, PromptStrategyBase):
         self._init_hide()
         return HashPromptModel(
             backbone, self.num_classes, layers=cfg.layers, num_experts=cfg.num_experts, length=cfg.length,
-            top_k=cfg.top_k, delta=cfg.delta, prompt_init=cfg.prompt_init, generator=self.generator,
+            top_k=cfg.top_k, delta=cfg.delta, score_reading=cfg.score_reading, router_init=cfg.router_init,
+            prompt_init=cfg.prompt_init, generator=self.generator,
         )
 
     def default_plugins(self) -> list[Any]:
@@ -43,7 +45,15 @@ class HashPromptStrategy(HiDePhases, PromptStrategyBase):
         usage = ExpertUsage(len(cfg.layers), 1, cfg.num_experts, rule="top_k", k=cfg.top_k)
         self.routing_history = RoutingHistoryPlugin(usage=usage)
         self.phase_scheduler = PhaseSchedulerPlugin(phases=cfg.phases)
-        return [self.phase_scheduler, self.routing_history, GradientScalingPlugin(alpha=cfg.alpha, mode=cfg.hgm)]
+        self.modulator_probe = ModulatorProbePlugin()
+        return [self.phase_scheduler, self.routing_history, GradientScalingPlugin(alpha=cfg.alpha, mode=cfg.hgm),
+                self.modulator_probe]
+
+    def diagnostics(self) -> dict[str, Any]:
+        """``{"hash_modulator": [one record per experience]}``: the modulator's score spread, frequent-set
+        selection shares and drift per prompted layer (:class:`ModulatorProbePlugin`); the runner writes
+        it to ``summary.json``."""
+        return {"hash_modulator": [dict(r) for r in self.modulator_probe.records]}
 
     def expert_usage(self) -> Tensor:
         """Hash's cumulative top-K selections ``(layers, 1, num_experts)`` (int64; one router shared by

@@ -58,17 +58,18 @@ class GradientScalingPlugin(SupervisedPlugin, supports_distributed=True):
     def after_backward(self, strategy: Any, **kwargs: Any) -> None:
         if self.mode != "grad" or self.alpha == 1.0:
             return
-        for param, frequent in self._targets(strategy):
-            if param.grad is not None and frequent.any():
+        for param, frequent in self._targets(strategy):  # an empty set scales nothing (no host sync)
+            if param.grad is not None:
                 param.grad.copy_(scale_frequent_grads(param.grad, frequent, self.alpha))
 
     def before_update(self, strategy: Any, **kwargs: Any) -> None:
         self._before = []
         if self.mode != "update" or self.alpha == 1.0:
             return
-        for param, frequent in self._targets(strategy):
-            keep = param.requires_grad and bool(frequent.any())
-            self._before.append(param.detach().clone() if keep else None)
+        # snapshot every trainable target: with an empty frequent set ``scale_frequent_update`` returns
+        # the step bit for bit, and testing ``frequent.any()`` here would cost a host sync per step
+        for param, _frequent in self._targets(strategy):
+            self._before.append(param.detach().clone() if param.requires_grad else None)
 
     @torch.no_grad()
     def after_update(self, strategy: Any, **kwargs: Any) -> None:

@@ -1,0 +1,140 @@
+"""Hash's history-aware modulator under each score reading (issue #18): pool only, + HDR, + HGM, full.
+
+A *reading* fixes what the paper leaves open — the units the penalty δ is read in and how a new
+task's router starts (docs/methods.md "Hash"):
+
+* ``raw`` — ``s = mean_n(x W_r)/√d``, Kaiming-uniform router (the library before issue #18);
+* ``standardised`` — scores standardised per sample over the experts (δ in units of the spread);
+* ``copy_previous`` — raw scores, each task's router starts as a copy of the previous task's;
+* ``uniform_pm1`` — raw scores, router drawn U(−1, 1) (score spread of order 1 at task start);
+* ``standardised_copy`` — standardised scores and the copied router.
+
+Variants (the paper's ablation, METHODS.md §1.4): ``pool`` (δ = 0, α = 1), ``hdr`` (δ = 0.4, α = 1),
+``hgm`` (δ = 0, α = 0.1), ``full`` (δ = 0.4, α = 0.1). Each run prints FAA, CAA, both FFMs, the
+share of the training and test selections of tasks 2… that go to the frequent set, and the mean
+drift of the frequent / other experts over tasks 2… (per expert, L2, averaged over the layers).
+
+    python experiments/hash_modulator_ablation.py --readings raw standardised --variants pool full \\
+        --seeds 0 --protocol ci --json /tmp/hash.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+sys.path.insert(0, str(ROOT / "ci"))
+
+READINGS: dict[str, dict[str, Any]] = {
+    "raw": {"score_reading": "raw", "router_init": "kaiming"},
+    "standardised": {"score_reading": "standardised", "router_init": "kaiming"},
+    "copy_previous": {"score_reading": "raw", "router_init": "copy_previous"},
+    "uniform_pm1": {"score_reading": "raw", "router_init": "uniform_pm1"},
+    "standardised_copy": {"score_reading": "standardised", "router_init": "copy_previous"},
+}
+VARIANTS: dict[str, dict[str, float]] = {
+    "pool": {"delta": 0.0, "alpha": 1.0},
+    "hdr": {"delta": 0.4, "alpha": 1.0},
+    "hgm": {"delta": 0.0, "alpha": 0.1},
+    "full": {"delta": 0.4, "alpha": 0.1},
+}
+
+
+def _protocol(name: str, kit: str | None) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(benchmark kwargs, strategy kwargs, Hash settings) of the CI or the kit protocol."""
+    if name == "ci":
+        from regression import BENCHMARK, METHOD_SETTINGS, STRATEGY
+
+        return dict(BENCHMARK), dict(STRATEGY), dict(METHOD_SETTINGS["hash"])
+    from runner import load_config
+
+    cfg = load_config("tinyimagenet32", "hash")
+    strategy = {k: v for k, v in cfg["strategy"].items() if k != "backbone"}
+    return dict(cfg["benchmark"]), strategy, dict(cfg["method"])
+
+
+def modulator_summary(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Means over tasks 2… and the prompted layers of the probe's per-task figures (NaN-aware)."""
+    out = {}
+    for key in ("train_frequent_share", "test_frequent_share", "frequent_drift", "other_drift",
+                "spread_start", "spread_end"):
+        values = [v for r in records[1:] for v in r[key] if not math.isnan(v)]
+        out[key] = sum(values) / len(values) if values else math.nan
+    return out
+
+
+def run_one(reading: str, variant: str, seed: int = 0, protocol: str = "ci", kit: str | None = None,
+            experiences: int | None = None) -> dict[str, Any]:
+    """One Hash run; the runner's summary figures plus :func:`modulator_summary`. ``experiences``
+    stops after the first N experiences (a screen of the mechanism: FAA etc. are then over N tasks)."""
+    from types import SimpleNamespace
+
+    import torch
+    from runner import train_and_evaluate
+
+    from avalanche_promptmoe.benchmarks import load_reference_backbone, split_tinyimagenet32
+    from avalanche_promptmoe.methods.hash.strategy import HashPromptStrategy
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    bench, strat, settings = _protocol(protocol, kit)
+    bench["seed"] = seed
+    benchmark = split_tinyimagenet32(kit, **bench)
+    if experiences is not None:
+        benchmark = SimpleNamespace(train_stream=benchmark.train_stream[:experiences],
+                                    test_stream=benchmark.test_stream[:experiences])
+    settings.update(READINGS[reading], **VARIANTS[variant])
+    strategy = HashPromptStrategy(backbone=load_reference_backbone(kit), num_classes=100, seed=seed, device="cpu",
+                                  loggers=[], progress=False, **strat, **settings)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = train_and_evaluate(strategy, benchmark, Path(tmp))
+    return {"reading": reading, "variant": variant, "seed": seed, "protocol": protocol, "experiences": experiences,
+            "time_s": time.perf_counter() - t0, **{k: summary[k] for k in ("faa", "caa", "ffm", "ffm_hide", "accuracy_matrix")},
+            **modulator_summary(summary["hash_modulator"]), "hash_modulator": summary["hash_modulator"]}
+
+
+def _result_line(r: dict[str, Any]) -> str:
+    return (f"{r['reading']:<18} {r['variant']:<5} seed {r['seed']} T={len(r['hash_modulator'])}  "
+            f"FAA {100 * r['faa']:6.2f}  CAA {100 * r['caa']:6.2f}  FFM {100 * r['ffm']:5.2f}  "
+            f"FFM-HiDe {100 * r['ffm_hide']:5.2f}  freq. share train {100 * r['train_frequent_share']:5.1f} % "
+            f"test {100 * r['test_frequent_share']:5.1f} %  drift freq. {r['frequent_drift']:.3f} "
+            f"other {r['other_drift']:.3f}  spread {r['spread_start']:.2f}→{r['spread_end']:.2f}  "
+            f"({r['time_s']:.0f} s)")
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--readings", nargs="+", default=["raw"], choices=sorted(READINGS))
+    p.add_argument("--variants", nargs="+", default=sorted(VARIANTS), choices=sorted(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--protocol", choices=("ci", "kit"), default="ci")
+    p.add_argument("--kit", default=None)
+    p.add_argument("--experiences", type=int, default=None,
+                   help="stop after the first N experiences (mechanism screen; FAA etc. over N tasks)")
+    p.add_argument("--json", default=None, help="append each result as one JSON line here")
+    args = p.parse_args(argv)
+    results = []
+    for seed in args.seeds:
+        for reading in args.readings:
+            for variant in args.variants:
+                r = run_one(reading, variant, seed, args.protocol, args.kit, args.experiences)
+                results.append(r)
+                print(_result_line(r), flush=True)
+                if args.json:
+                    with Path(args.json).open("a") as f:
+                        print(json.dumps(r), file=f)
+    return results
+
+
+if __name__ == "__main__":
+    main()
