@@ -1,0 +1,37 @@
+"""``import avalanche_promptmoe`` (and its strategies) prints no warning (issue #22): qpsolvers'
+"no QP solver found", raised when Avalanche imports GEM, is silenced, and only that one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("code", [
+    "import avalanche_promptmoe",
+    "from avalanche_promptmoe import HashPromptStrategy, SMoPEStrategy, HiDePromptStrategy, JointPromptStrategy",
+])
+def test_import_passes_under_warnings_as_errors(code):
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Warning" not in done.stderr
+
+
+def test_the_filter_is_narrow():
+    """The package's filter matches qpsolvers' message from qpsolvers only, nothing else."""
+    import warnings
+
+    import avalanche_promptmoe  # noqa: F401  (installs the filter at import)
+
+    ours = [f for f in warnings.filters if f[0] == "ignore" and f[1] is not None and f[1].match("no QP solver found")]
+    assert ours, "the package installs an ignore filter for qpsolvers' warning"
+    for _action, message, category, module, _line in ours:
+        assert category is UserWarning
+        assert module is not None and module.match("qpsolvers.solvers") and not module.match("mine")
+        assert not message.match("another warning")
