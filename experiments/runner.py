@@ -30,16 +30,15 @@ import re
 import sys
 import time
 import tomllib
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Avalanche imports qpsolvers (for its GEM plugin), which warns on import when no QP solver is installed;
-# no method here solves a QP (quadprog is not a dependency), so the scripts do not show that warning.
-warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
+
+# importing the package also silences qpsolvers' "no QP solver found" import warning (narrowly)
+from avalanche_promptmoe.paths import make_directory, user_path  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = PROJECT_ROOT / "experiments" / "configs"
@@ -185,9 +184,15 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
         cfg["benchmark"]["seed"] = args.seed
     seed = int(cfg["benchmark"].get("seed", 0))
     if args.checkpoint_path:
-        cfg["strategy"]["checkpoint_path"] = args.checkpoint_path
-    run_dir = Path(args.run_dir or Path.cwd() / "runs" / spec.name / args.method / f"seed{seed}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg["strategy"].get("backbone") == "kit-reference":
+            raise SystemExit(
+                "--checkpoint-path: this config's backbone is 'kit-reference', the kit's own reference ViT (its "
+                "weights come from --kit); drop --checkpoint-path, or give a timm backbone name with it "
+                "(--set strategy.backbone=vit_base_patch16_224.augreg_in21k --checkpoint-path FILE)"
+            )
+        cfg["strategy"]["checkpoint_path"] = str(user_path(args.checkpoint_path))
+    run_dir = user_path(args.run_dir) if args.run_dir else Path.cwd() / "runs" / spec.name / args.method / f"seed{seed}"
+    make_directory(run_dir, "--run-dir")
 
     main_process = init_distributed(args, seed)
 

@@ -35,7 +35,11 @@ COMMON = dict(num_classes=6, device="cpu", loggers=[], progress=False, seed=0, l
 def test_a_flipped_byte_inside_tensor_data_is_caught_by_the_digest(tmp_path):
     """Torch does not check the zip CRCs: a byte flipped inside a tensor's raw data loads fine
     unless our digest catches it."""
-    from avalanche_promptmoe.training.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint_file
+    from avalanche_promptmoe.training.checkpoint import (
+        CheckpointError,
+        load_checkpoint_file,
+        save_checkpoint_file,
+    )
 
     marker = torch.full((256,), 1234.5678, dtype=torch.float32)
     path = save_checkpoint_file(tmp_path / "c.pt", {"w": marker})
