@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import json
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # importing the package also silences qpsolvers' "no QP solver found" import warning (narrowly)
+from avalanche_promptmoe.jsonio import strict_json  # noqa: E402
 from avalanche_promptmoe.paths import make_directory, user_path  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -234,7 +234,7 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
         summary = train_and_evaluate(strategy, benchmark, run_dir, resume=args.resume)
         summary.update(method=args.method, benchmark=spec.name, seed=seed)
         if main_process:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            (run_dir / "summary.json").write_text(strict_json(summary))  # NaN -> null (strict JSON)
         finish(summary)
     log.info("%s on %s (seed %d): FAA %.4f  CAA %.4f  FFM %.4f  FFM(HiDe) %.4f  (%.0f s)", args.method, spec.name,
              seed, summary["faa"], summary["caa"], summary["ffm"], summary["ffm_hide"], summary["wall_time_s"])
