@@ -159,6 +159,8 @@ def build_parser(spec: BenchmarkSpec, description: str) -> argparse.ArgumentPars
     p.add_argument("--seed", type=int, default=None, help="seed of the run (class order and training)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--allow-seed-change", action="store_true",
+                   help="with --resume: continue a checkpoint made with another seed (recorded as an override)")
     p.add_argument("--run-dir", help="checkpoints and outputs (default ./runs/<benchmark>/<method>/seed<k>, "
                    "under the current directory)")
     p.add_argument("--verify-data", action="store_true",
@@ -231,7 +233,8 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
              "method": cfg["method"]},
             loggers=loggers, plugins=[RunClock()],
         )
-        summary = train_and_evaluate(strategy, benchmark, run_dir, resume=args.resume)
+        summary = train_and_evaluate(strategy, benchmark, run_dir, resume=args.resume,
+                                     allow_seed_change=args.allow_seed_change)
         summary.update(method=args.method, benchmark=spec.name, seed=seed)
         if main_process:
             (run_dir / "summary.json").write_text(strict_json(summary))  # NaN -> null (strict JSON)
@@ -286,16 +289,22 @@ def init_distributed(args: argparse.Namespace, seed: int) -> bool:
     return DistributedHelper.is_main_process
 
 
-def train_and_evaluate(strategy: Any, benchmark: Any, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train on each experience, evaluate on the tasks seen so far, checkpoint after each one."""
+def train_and_evaluate(strategy: Any, benchmark: Any, run_dir: Path, *, resume: bool = False,
+                       allow_seed_change: bool = False) -> dict[str, Any]:
+    """Train on each experience, evaluate on the tasks seen so far, checkpoint after each one.
+
+    With ``resume``, the run folder's ``last.pt`` must have the strategy's seed (else ``ValueError``
+    naming both, unless ``allow_seed_change``) and the benchmark's class order for the experiences it
+    trained (else ``ValueError`` naming both orders)."""
     from tqdm.auto import tqdm
 
     from avalanche_promptmoe.logging.strategy_info import final_metrics, task_averaged_metric
 
     last = run_dir / "last.pt"
-    start = strategy.resume_from(last) if resume and last.is_file() else 0
+    start = strategy.resume_from(last, allow_seed_change=allow_seed_change) if resume and last.is_file() else 0
     if resume and not last.is_file():
         log.warning("--resume: no checkpoint at %s; starting from the first experience", last)
+    check_class_order(strategy, benchmark, last, allow_seed_change=allow_seed_change)
     t0 = time.perf_counter()
     stream = benchmark.train_stream
     for i in tqdm(range(start, len(stream)), desc=f"{strategy.method_name} experiences", initial=start, total=len(stream)):
@@ -312,7 +321,24 @@ def train_and_evaluate(strategy: Any, benchmark: Any, run_dir: Path, *, resume: 
         accuracy_matrix=task_averaged_metric(strategy).accuracy_matrix.tolist(),
         resumed_from=start,
     )
+    if "seed" in getattr(strategy, "resume_overrides", {}):  # the figures come from both seeds: say so
+        summary["seed_override"] = dict(zip(("checkpoint", "now"), strategy.resume_overrides["seed"], strict=True))
     return summary
+
+
+def check_class_order(strategy: Any, benchmark: Any, path: Path, *, allow_seed_change: bool = False) -> None:
+    """The classes the strategy trained are the benchmark's first experiences' (same seed, same order)."""
+    from avalanche_promptmoe.training.experience import experience_classes
+
+    trained = [sorted(c) for c in strategy.task_classes]
+    stream = benchmark.train_stream
+    expected = [experience_classes(stream[i]) for i in range(min(len(trained), len(stream)))]
+    if trained == expected or allow_seed_change:
+        return
+    raise ValueError(
+        f"--resume: {path} trained the classes {trained}, but this benchmark's first experiences hold {expected} "
+        f"(another seed or class order); resume with the checkpoint's --seed and config, or start a new --run-dir"
+    )
 
 
 def _plugin_base() -> type:

@@ -166,3 +166,49 @@ def test_the_nan_stop_says_restart_when_no_finite_state_exists(bench, tmp_path):
     with pytest.raises(FloatingPointError, match=r"no finite state.*restart"):
         s.train(bench.train_stream[0], eval_streams=[])
     assert not list(tmp_path.glob("*.pt"))
+
+
+# --------------------------------------------------------------------------- the runner
+def _kit_run(tmp_path, *extra):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    exp = Path(__file__).resolve().parents[1] / "experiments"
+    sys.path.insert(0, str(exp))
+    import runner
+
+    spec = runpy.run_path(str(exp / "run_tinyimagenet32.py"), run_name="not_main")["SPEC"]
+    args = ["--method", "linear", "--device", "cpu", "--no-mlflow", "--run-dir", str(tmp_path / "run"),
+            "--set", "benchmark.train_per_class=2", "--set", "benchmark.test_per_class=2",
+            "--set", "benchmark.n_experiences=3", "--set", "method.epochs=1", *extra]
+    return runner, spec, args
+
+
+def test_the_runner_on_ctrl_c_keeps_a_checkpoint_that_resumes_the_interrupted_experience(tmp_path, monkeypatch):
+    runner, spec, args = _kit_run(tmp_path)
+
+    class StopInExperience1(runner.RunClock):
+        def after_training_iteration(self, strategy, **kwargs):
+            if strategy.clock.train_exp_counter == 1:
+                raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "RunClock", StopInExperience1)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(spec, args)
+    state = load_checkpoint_file(tmp_path / "run" / "last.pt")
+    assert state["trained_experiences"] == 1 and len(state["task_classes"]) == 1
+    summary = runner.run(spec, [*args, "--resume"])
+    assert summary["resumed_from"] == 1 and len(summary["accuracy_matrix"]) == 3
+
+
+def test_the_runner_refuses_resume_with_another_seed_unless_allowed(tmp_path):
+    runner, spec, args = _kit_run(tmp_path, "--seed", "0")
+    first = runner.run(spec, args)
+    assert first["seed"] == 0
+    again = [*args[:-1], "23", "--resume"]
+    with pytest.raises(ValueError, match=r"seed=0.*seed=23"):
+        runner.run(spec, again)
+    summary = runner.run(spec, [*again, "--allow-seed-change"])  # finished run: nothing left to train
+    assert summary["seed_override"] == {"checkpoint": 0, "now": 23} and summary["resumed_from"] == 3
