@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import io
 import runpy
 import sys
 import warnings
@@ -28,7 +29,7 @@ def _strategy(backbone=None, **kw):
     return SequentialPromptStrategy(backbone=backbone if backbone is not None else tiny_backbone(), **{**KW, **kw})
 
 
-def _benchmark(xf=lambda x: x, yf=lambda y: y, test_offset: int = 0):
+def _benchmark(xf=lambda x: x, yf=lambda y: y):
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
     from avalanche.benchmarks.utils import as_classification_dataset
 
@@ -39,7 +40,7 @@ def _benchmark(xf=lambda x: x, yf=lambda y: y, test_offset: int = 0):
 
     x, y = make_images(4, 8, seed=1)
     xt, yt = make_images(4, 4, seed=2)
-    return class_incremental_benchmark({"train": ds(x, y), "test": ds(xt, yt + test_offset)},
+    return class_incremental_benchmark({"train": ds(x, y), "test": ds(xt, yt)},
                                        class_order=[0, 1, 2, 3], num_experiences=2)
 
 
@@ -106,11 +107,13 @@ def test_uint8_images_are_refused_naming_the_transform():
 
 
 def test_evaluation_labels_outside_num_classes_are_refused_like_training_ones():
+    from cl_utils import make_benchmark
+
     s = _strategy()
-    bm = _benchmark(test_offset=2)  # test classes 2..5 with num_classes=4
-    s.train(bm.train_stream[0])
-    with pytest.raises(ValueError, match=r"eval: experience 1 holds class ids \[4, 5\] outside \[0, 4\)"):
-        s.eval(bm.test_stream)
+    s.train(_benchmark().train_stream[0])
+    wider = make_benchmark(n_exp=3, classes_per_exp=2, per_class=2, test_per_class=2)  # classes 0..5
+    with pytest.raises(ValueError, match=r"eval: experience 2 holds class ids \[4, 5\] outside \[0, 4\)"):
+        s.eval(wider.test_stream)
 
 
 # --------------------------------------------------------------------------- save_checkpoint paths
@@ -123,12 +126,12 @@ def test_a_path_component_that_is_a_file_is_named(tmp_path):
 
 
 def test_a_full_disk_names_the_file_and_no_space_left(tmp_path, monkeypatch):
-    from avalanche_promptmoe.training import checkpoint as ck
+    from avalanche_promptmoe.training.checkpointing import checkpoint as ck
 
     real_save = torch.save
 
     def full(obj, f, *a, **k):
-        if hasattr(f, "fileno"):  # the checkpoint file itself, not the in-memory payload
+        if not isinstance(f, io.BytesIO):  # the checkpoint file itself, not the in-memory payload
             raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4160 vs 4096")
         return real_save(obj, f, *a, **k)
 
@@ -183,6 +186,6 @@ def test_an_unwritable_checkpoint_dir_keeps_the_nan_stop_error(tmp_path):
     and full disks alike): the FloatingPointError stays the error, and says what was not written."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    s = _strategy(lr=1e38, checkpoint_dir=blocker / "ck")
+    s = _strategy(lr=1e30, checkpoint_dir=blocker / "ck")
     with pytest.raises(FloatingPointError, match=r"non-finite training loss.*could not be written.*regular file"):
         s.train(_benchmark().train_stream[0])

@@ -40,15 +40,15 @@ class Interrupt(SupervisedPlugin):
 
     checkpoint_stateless = True
 
-    def __init__(self, at_exp: int, error: BaseException, iteration: int = 2) -> None:
+    def __init__(self, at_exp: int, error: BaseException, iteration: int = 1) -> None:
         super().__init__()
-        self.at_exp, self.error, self.iteration, self.done = at_exp, error, iteration, False
+        self.at_exp, self.error, self.iteration, self.calls = at_exp, error, iteration, 0
 
     def after_training_iteration(self, strategy, **kwargs):
-        if not self.done and strategy.clock.train_exp_counter == self.at_exp \
-                and strategy.clock.train_epoch_iterations == self.iteration:
-            self.done = True
-            raise self.error
+        if strategy.clock.train_exp_counter == self.at_exp:
+            self.calls += 1
+            if self.calls == self.iteration:  # the first update of the experience was made
+                raise self.error
 
 
 class PoisonAfterLastUpdate(SupervisedPlugin):
@@ -181,7 +181,7 @@ def _kit_run(tmp_path, *extra):
     spec = runpy.run_path(str(exp / "run_tinyimagenet32.py"), run_name="not_main")["SPEC"]
     args = ["--method", "linear", "--device", "cpu", "--no-mlflow", "--run-dir", str(tmp_path / "run"),
             "--set", "benchmark.train_per_class=2", "--set", "benchmark.test_per_class=2",
-            "--set", "benchmark.n_experiences=3", "--set", "method.epochs=1", *extra]
+            "--set", "benchmark.n_experiences=4", "--set", "method.epochs=1", *extra]
     return runner, spec, args
 
 
@@ -200,7 +200,7 @@ def test_the_runner_on_ctrl_c_keeps_a_checkpoint_that_resumes_the_interrupted_ex
     state = load_checkpoint_file(tmp_path / "run" / "last.pt")
     assert state["trained_experiences"] == 1 and len(state["task_classes"]) == 1
     summary = runner.run(spec, [*args, "--resume"])
-    assert summary["resumed_from"] == 1 and len(summary["accuracy_matrix"]) == 3
+    assert summary["resumed_from"] == 1 and len(summary["accuracy_matrix"]) == 4
 
 
 def test_the_runner_refuses_resume_with_another_seed_unless_allowed(tmp_path):
@@ -211,4 +211,4 @@ def test_the_runner_refuses_resume_with_another_seed_unless_allowed(tmp_path):
     with pytest.raises(ValueError, match=r"seed=0.*seed=23"):
         runner.run(spec, again)
     summary = runner.run(spec, [*again, "--allow-seed-change"])  # finished run: nothing left to train
-    assert summary["seed_override"] == {"checkpoint": 0, "now": 23} and summary["resumed_from"] == 3
+    assert summary["seed_override"] == {"checkpoint": 0, "now": 23} and summary["resumed_from"] == 4

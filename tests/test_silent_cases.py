@@ -167,3 +167,14 @@ def test_the_runner_summary_is_strict_json(tmp_path):
     results_table = runpy.run_path(str(ROOT / "experiments" / "results_table.py"), run_name="not_main")
     rows = results_table["load_rows"]([tmp_path / "run"], None)
     assert len(rows) == 1 and math.isnan(rows[0]["accuracy_matrix"][0][1])
+
+
+def test_mlflow_reports_are_strict_json(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    lg = _logger(tmp_path)
+    lg.log_report({"faa": 0.5, "accuracy_matrix": [[0.5, float("nan")], [0.25, 0.75]]}, name="summary")
+    lg.close()
+    local = MlflowClient(lg.tracking_uri).download_artifacts(lg.run_id, "summary.json", str(tmp_path))
+    data = json.loads(Path(local).read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in the report"))
+    assert data["accuracy_matrix"][0][1] is None and data["faa"] == 0.5
