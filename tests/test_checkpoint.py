@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import avalanche_promptmoe
-from avalanche_promptmoe.training.checkpoint import (
+from avalanche_promptmoe.training.checkpointing.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     CheckpointError,

@@ -236,10 +236,10 @@ def test_copy_forward_and_frozen_history_in_training(trained) -> None:
 
 
 def test_backbone_unchanged_by_training(trained) -> None:
-    from avalanche_promptmoe.training.base_strategy import _fingerprint
+    from avalanche_promptmoe.training.checkpointing.strategy_checkpoint import weights_fingerprint
 
     s = trained["s"]
-    assert _fingerprint(s.model.vit.backbone) == s.backbone_fingerprint
+    assert weights_fingerprint(s.model.vit.backbone) == s.backbone_fingerprint
     fresh = tiny_backbone().state_dict()
     trained_sd = {k.replace(".attn.attn.", ".attn."): v for k, v in s.model.vit.backbone.state_dict().items()}
     assert trained_sd.keys() == fresh.keys()

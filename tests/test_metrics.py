@@ -306,7 +306,10 @@ def test_plugin_with_periodic_eval_fills_the_row_of_the_experience_in_training(
 @pytest.mark.usefixtures("_avalanche_available")
 def test_plugin_state_dict_round_trip_through_checkpoint(tmp_path) -> None:
     from avalanche_promptmoe.metrics import TaskAveragedMetrics
-    from avalanche_promptmoe.training.checkpoint import load_checkpoint_file, save_checkpoint_file
+    from avalanche_promptmoe.training.checkpointing.checkpoint import (
+        load_checkpoint_file,
+        save_checkpoint_file,
+    )
 
     benchmark = _benchmark(task_labels=True)
     plugin = TaskAveragedMetrics()

@@ -18,8 +18,8 @@ from avalanche.training.storage_policy import ClassBalancedBuffer
 from cl_utils import make_benchmark, tiny_backbone
 
 from avalanche_promptmoe import LinearProbeStrategy
+from avalanche_promptmoe.training.checkpointing.plugin_state import PluginStateError
 from avalanche_promptmoe.training.losses import training_class_mask
-from avalanche_promptmoe.training.plugin_state import PluginStateError
 
 
 def _bench():

@@ -10,7 +10,7 @@ import torch
 from cl_utils import make_benchmark, tiny_backbone
 
 from avalanche_promptmoe import SequentialPromptStrategy
-from avalanche_promptmoe.training.checkpoint import (
+from avalanche_promptmoe.training.checkpointing.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     CheckpointError,

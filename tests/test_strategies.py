@@ -14,7 +14,7 @@ from avalanche_promptmoe import (
     LinearProbeStrategy,
     SequentialPromptStrategy,
 )
-from avalanche_promptmoe.training.checkpoint import CheckpointError
+from avalanche_promptmoe.training.checkpointing.checkpoint import CheckpointError
 
 COMMON = dict(num_classes=6, train_mb_size=16, train_epochs=2, device="cpu", loggers=[], progress=False)
 SMALL = {

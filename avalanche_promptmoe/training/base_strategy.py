@@ -15,7 +15,12 @@ What it adds to Avalanche's loop:
 * checks on each experience (class ids in range, not empty), an error for ``eval()`` before any
   training, and a NaN stop that writes a checkpoint of the state before the failing experience;
 * exact resume: ``save_checkpoint(path)`` / ``resume_from(path)`` in our own weights-only format, with
-  every attached plugin's state kept or refused (:mod:`.plugin_state`).
+  every attached plugin's state kept or refused (:mod:`.checkpointing.plugin_state`).
+
+Where the code lives: this module holds the constructor, the method hooks and the training loop;
+:mod:`.checkpointing.strategy_checkpoint` checkpoint/resume and the NaN stop, :mod:`.bookkeeping` the
+classes of each task, the experience checks and evaluation with task labels, :mod:`.loaders` the
+loaders under ``torch.distributed``.
 
 Subclasses implement :meth:`build_model`, :meth:`train_logits`, :meth:`predict_logits` and may hook
 :meth:`prepare_task`, :meth:`finish_task`, :meth:`aux_loss` and the ``method_state`` pair.
@@ -23,9 +28,7 @@ Subclasses implement :meth:`build_model`, :meth:`train_logits`, :meth:`predict_l
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,10 +38,12 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor, nn
 
 from ..engine import create_backbone, mask_logits
-from .checkpoint import capture_rng_state, load_checkpoint_file, restore_rng_state, save_checkpoint_file
+from .bookkeeping import TaskBookkeepingMixin
+from .checkpointing.strategy_checkpoint import CheckpointingMixin, weights_fingerprint
 from .config import MethodConfig, config_fields, replace_config
-from .distributed import all_reduce_grads_, barrier, is_distributed, is_main_process, rank, world_size
+from .distributed import all_reduce_grads_, world_size
 from .experience import experience_classes
+from .loaders import DistributedLoadersMixin
 from .losses import training_class_mask
 from .optim import (
     build_optimizer,
@@ -48,15 +53,11 @@ from .optim import (
     describe_overrides,
     split_optimizer_keyword,
 )
-from .plugin_state import checkpoint_plugins
-from .resume import check_checkpoint_payload, format_overrides, settings_overrides
 from .schedules import build_lr_scheduler
 from .task_labels import TaskLabelMap
 from .validation import check_strategy_arguments
 
 __all__ = ["PromptStrategyBase"]
-
-log = logging.getLogger(__name__)
 
 
 def _unwrapped(fn: Any) -> Any:
@@ -66,7 +67,7 @@ def _unwrapped(fn: Any) -> Any:
     return fn
 
 
-class PromptStrategyBase(SupervisedTemplate):
+class PromptStrategyBase(CheckpointingMixin, TaskBookkeepingMixin, DistributedLoadersMixin, SupervisedTemplate):
     """Base strategy for frozen-ViT prompt methods (keyword-only).
 
     Args:
@@ -233,7 +234,7 @@ class PromptStrategyBase(SupervisedTemplate):
         self.resume_overrides: dict[str, tuple[Any, Any]] = {}  # set by resume_from
         self.task_label_map = TaskLabelMap()  # stream task label -> task index (use_task_labels)
         self.mb_logits: Tensor | None = None  # unmasked logits of the last forward
-        self.backbone_fingerprint = _fingerprint(self.model.vit.backbone)
+        self.backbone_fingerprint = weights_fingerprint(self.model.vit.backbone)
 
     # ------------------------------------------------------------------ construction hooks
     def build_model(self, backbone: nn.Module) -> nn.Module:
@@ -276,15 +277,6 @@ class PromptStrategyBase(SupervisedTemplate):
         return cls(**flat)
 
     # ------------------------------------------------------------------ per-task hooks
-    @property
-    def task_id(self) -> int:
-        """Index of the task being trained (or the last trained one)."""
-        return max(0, len(self.task_classes) - 1)
-
-    @property
-    def seen_classes(self) -> list[int]:
-        return sorted(self.class_to_task)
-
     def prepare_task(self, task_id: int) -> None:
         """Create the task's parameters before the optimizer is built."""
 
@@ -320,14 +312,6 @@ class PromptStrategyBase(SupervisedTemplate):
             return super().train(experiences, eval_streams=eval_streams, **kwargs)
         finally:
             self._in_train_call = False
-
-    def eval(self, exp_list: Any, **kwargs: Any) -> dict:
-        if not self.trained_experiences and not self._in_train_call and not self.task_classes:
-            raise RuntimeError(
-                f"{type(self).__name__}.eval() called before any training: call train(experience) or "
-                f"resume_from(checkpoint) first"
-            )
-        return super().eval(exp_list, **kwargs)
 
     def _before_training_exp(self, **kwargs: Any) -> None:
         self._check_experience(self.experience)
@@ -406,21 +390,6 @@ class PromptStrategyBase(SupervisedTemplate):
         self.mb_logits = logits
         return mask_logits(logits, self._class_mask(self.seen_classes))
 
-    def _predict_with_task_labels(self, x: Tensor, batch_labels: Tensor | None) -> Tensor:
-        """``predict_logits`` with the oracle task ids of samples from trained experiences; the
-        other samples (experiences not trained yet, or a stream without task labels) are
-        evaluated as without task labels (training/task_labels.py)."""
-        if not self.use_task_labels:
-            return self.predict_logits(x, None).float()
-        ids, known = self.task_label_map.lookup(batch_labels)
-        if ids is None or not bool(known.any()):
-            return self.predict_logits(x, None).float()
-        if bool(known.all()):
-            return self.predict_logits(x, ids).float()
-        logits = self.predict_logits(x, None).float()
-        logits[known] = self.predict_logits(x[known], ids[known]).float()
-        return logits
-
     def _train_mask(self) -> Tensor:
         """Bool ``(C,)``: :meth:`train_mask_classes` ∪ the mini-batch's classes (rehearsal), ∪ all seen
         classes when a plugin reads old-class logits (LwF); see :func:`.losses.training_class_mask`."""
@@ -457,235 +426,8 @@ class PromptStrategyBase(SupervisedTemplate):
         if world_size() > 1:  # data parallel: average the trainable gradients over ranks
             all_reduce_grads_(p for g in self.optimizer.param_groups for p in g["params"])
 
-    def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, pin_memory: bool | None = None,
-                              persistent_workers: bool = False, drop_last: bool = False, **kwargs: Any) -> None:
-        """Avalanche's loader in one process; under ``torch.distributed`` each rank reads a
-        ``DistributedSampler`` shard with batch ``train_mb_size // world_size`` (same global batch, and
-        the same order for any world size: a permutation seeded by seed, experience and epoch)."""
-        n = world_size()
-        if not is_distributed():
-            return super().make_train_dataloader(num_workers=num_workers, shuffle=shuffle, pin_memory=pin_memory,
-                                                 persistent_workers=persistent_workers, drop_last=drop_last, **kwargs)
-        from torch.utils.data import DataLoader
-        from torch.utils.data.distributed import DistributedSampler
-
-        if self.train_mb_size % n:
-            raise ValueError(f"train_mb_size: {self.train_mb_size} is not divisible by the world size {n}")
-        sampler = DistributedSampler(self.adapted_dataset, num_replicas=n, rank=rank(), shuffle=shuffle,
-                                     seed=self.seed + self.trained_experiences, drop_last=drop_last)
-        self.dataloader = DataLoader(self.adapted_dataset, batch_size=self.train_mb_size // n, sampler=sampler,
-                                     num_workers=num_workers, pin_memory=self.device.type == "cuda")
-
-    def make_eval_dataloader(self, num_workers: int = 0, shuffle: bool = False, pin_memory: bool | None = None,
-                             persistent_workers: bool = False, **kwargs: Any) -> None:
-        """Avalanche's loader; under ``torch.distributed`` every rank evaluates the whole stream (no
-        sharding), so every metric — ours and Avalanche's stock ones — is the global figure."""
-        if not is_distributed():
-            return super().make_eval_dataloader(num_workers=num_workers, shuffle=shuffle, pin_memory=pin_memory,
-                                                persistent_workers=persistent_workers, **kwargs)
-        from avalanche.benchmarks.utils.data_loader import (
-            SingleDatasetDataLoader,
-            collate_from_data_or_kwargs,
-        )
-
-        args = dict(batch_size=self.eval_mb_size, num_workers=num_workers, shuffle=False,
-                    pin_memory=self.device.type == "cuda")
-        collate_from_data_or_kwargs(self.adapted_dataset, args)
-        self.dataloader = SingleDatasetDataLoader(self.adapted_dataset, distributed_sampling=False, **args)
-
-    def _before_training_epoch(self, **kwargs: Any) -> None:
-        sampler = getattr(self.dataloader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(self.clock.train_exp_epochs)
-        super()._before_training_epoch(**kwargs)
-
     def optimizer_step(self) -> None:
         if self.cfg.clip_grad is not None:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad)
         super().optimizer_step()
-
-    # ------------------------------------------------------------------ checks
-    def _task_of_class(self) -> Tensor:
-        """``(num_classes,)`` task index of each trained class (−1 elsewhere), on the device."""
-        lookup = torch.full((self.num_classes,), -1, dtype=torch.long)
-        if self.class_to_task:
-            lookup[list(self.class_to_task)] = torch.tensor(list(self.class_to_task.values()))
-        return lookup.to(self.device)
-
-    def _class_mask(self, classes: Sequence[int]) -> Tensor:
-        mask = torch.zeros(self.num_classes, dtype=torch.bool, device=self.device)
-        mask[list(classes)] = True
-        return mask
-
-    def _check_experience(self, experience: Any) -> None:
-        classes = experience_classes(experience)
-        if len(experience.dataset) == 0 or not classes:
-            raise ValueError(f"experience {experience.current_experience}: it is empty (no samples)")
-        bad = [c for c in classes if not 0 <= c < self.num_classes]
-        if bad:
-            raise ValueError(
-                f"experience {experience.current_experience}: class ids {bad[:10]} are outside "
-                f"[0, {self.num_classes}) (num_classes={self.num_classes})"
-            )
-        future = getattr(experience, "future_classes", None) or []
-        total = len(set(classes) | set(self.class_to_task) | {int(c) for c in future})
-        if total > self.num_classes:
-            raise ValueError(
-                f"num_classes: the benchmark has at least {total} classes, more than num_classes={self.num_classes}"
-            )
-        repeated = sorted(set(classes) & set(self.class_to_task))
-        if repeated:
-            raise ValueError(
-                f"experience {experience.current_experience}: classes {repeated[:10]} were already trained "
-                f"in an earlier experience; class-incremental streams have disjoint classes"
-            )
-
-    def _nan_stop(self) -> None:
-        path = self.checkpoint_dir / f"nan_stop_experience{self.trained_experiences}.pt"
-        if is_main_process():
-            save_checkpoint_file(path, self._pre_experience_state or self.state_dict_for_checkpoint())
-        raise FloatingPointError(
-            f"non-finite training loss in experience {self.trained_experiences} "
-            f"(epoch {self.clock.train_exp_epochs}); the state before this experience was saved to "
-            f"{path} — fix the cause (learning rate, data; settings that do not shape the model may change) and "
-            f"call resume_from({str(path)!r}) on a strategy built with the fixed settings"
-        )
-
-    # ------------------------------------------------------------------ checkpoints
-    def _our_plugins(self) -> dict[str, Any]:
-        # plugins whose state a checkpoint keeps; unknown stateful ones refused outside train()
-        out = checkpoint_plugins(self.plugins, strict=not self._in_train_call)
-        for m in getattr(self.evaluator, "metrics", []):
-            if hasattr(m, "state_dict") and hasattr(m, "load_state_dict"):
-                out["metric:" + type(m).__name__] = m
-        for lg in getattr(self.evaluator, "loggers", []):  # e.g. MLflowLogger: resume continues its run
-            if hasattr(lg, "state_dict") and hasattr(lg, "load_state_dict"):
-                out["logger:" + type(lg).__name__] = lg
-        return out
-
-    def state_dict_for_checkpoint(self) -> dict:
-        """Everything needed to continue exactly: trainable state, plugin/metric state, RNG, position."""
-        model_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items() if not k.startswith("vit.")}
-        return {
-            "strategy": type(self).__name__,
-            "method": self.method_name,
-            "config": self.cfg.to_dict(),
-            "num_classes": self.num_classes,
-            "seed": self.seed,
-            "backbone": {**self.backbone_spec, "fingerprint": self.backbone_fingerprint},
-            "model_structure": self.model.structure(),
-            "model_state": model_state,
-            "task_classes": [list(c) for c in self.task_classes],
-            "trained_experiences": self.trained_experiences,
-            "method_state": self.method_state_dict(),
-            "plugins": {name: p.state_dict() for name, p in self._our_plugins().items()},
-            "rng": capture_rng_state(),
-            "generator": self.generator.get_state(),
-            "task_labels": self.task_label_map.state_dict(),
-        }
-
-    def save_checkpoint(self, path: str | Path) -> Path:
-        """Write an atomic, version-stamped checkpoint (loadable with ``weights_only=True``); under
-        ``torch.distributed`` only rank 0 writes, the others wait for it."""
-        if self._in_train_call:
-            raise RuntimeError("save_checkpoint: call it between experiences, not inside train()")
-        if is_main_process():  # under torch.distributed only rank 0 writes
-            save_checkpoint_file(path, self.state_dict_for_checkpoint())
-        barrier()
-        return Path(path)
-
-    def resume_from(self, path: str | Path) -> int:
-        """Restore a checkpoint; returns the index of the next experience to train.
-
-        Everything is checked before any state changes: the file's digest, every key's presence and
-        type, the strategy class, ``num_classes``, the backbone's fingerprint, the structural settings
-        (the config's ``STRUCTURAL`` fields) and — on a copy of the model that shares the frozen
-        backbone — that the trainable state fits. Non-structural settings (learning rates, epochs,
-        optimizers, schedules...) may differ: they are logged as a warning and kept in
-        :attr:`resume_overrides` as ``{field: (checkpoint value, current value)}``.
-
-        Raises:
-            CheckpointError: the file is corrupt, of an old format, or incomplete.
-            ValueError: the checkpoint belongs to another strategy, ``num_classes``, backbone or
-                structural setting (listed), or its state does not fit the model.
-        """
-        state = load_checkpoint_file(path)
-        check_checkpoint_payload(state, path)
-        if state["strategy"] != type(self).__name__:
-            raise ValueError(
-                f"checkpoint: {path} was written by {state['strategy']!r}, not {type(self).__name__}"
-            )
-        if state["num_classes"] != self.num_classes:
-            raise ValueError(
-                f"checkpoint: {path} was made with num_classes={state['num_classes']}, this strategy has "
-                f"num_classes={self.num_classes}"
-            )
-        overrides = settings_overrides(state["config"], self.cfg, path)
-        if state["backbone"]["fingerprint"] != self.backbone_fingerprint:
-            raise ValueError(f"checkpoint: {path} was trained on another backbone (weights differ)")
-        self._check_model_state_fits(state, path)
-        ours = self._our_plugins()
-
-        # ---- nothing above mutated the strategy; restore
-        self.model.grow_to(state["model_structure"])
-        self.model.load_state_dict(state["model_state"], strict=False)
-        self.model.to(self.device)
-        self.task_classes = [list(map(int, c)) for c in state["task_classes"]]
-        self.class_to_task = {c: t for t, cs in enumerate(self.task_classes) for c in cs}
-        self.trained_experiences = int(state["trained_experiences"])
-        self.load_method_state_dict(state["method_state"])
-        for name, pstate in state["plugins"].items():
-            if name in ours:
-                ours[name].load_state_dict(pstate)
-            else:
-                log.warning("checkpoint: no plugin %s in this strategy; its state is ignored", name)
-        restore_rng_state(state["rng"])
-        self.generator.set_state(state["generator"])
-        self.clock.train_exp_counter = self.trained_experiences
-        if "task_labels" in state:
-            self.task_label_map.load_state_dict(state["task_labels"])
-        else:  # older checkpoints: task label t was task t
-            self.task_label_map.load_state_dict({"label_to_task": {t: t for t in range(len(self.task_classes))}})
-        self.resume_overrides = overrides
-        if overrides:
-            log.warning("resume_from(%s): settings differ from the checkpoint's, using the new ones: %s",
-                        path, format_overrides(overrides))
-        return self.trained_experiences
-
-    def expert_usage(self) -> Tensor | None:
-        """Cumulative expert-selection counts ``(layers, heads, experts)`` (int64, CPU; heads = 1 when
-        routing is shared across heads), committed up to the last finished experience; ``None`` for
-        methods without sparse expert routing. Methods with routing override this; MLflowLogger
-        plots it after each experience."""
-        return None
-
-    def _check_model_state_fits(self, state: dict, path: str | Path) -> None:
-        """Dry run of ``grow_to`` + ``load_state_dict`` on a copy sharing the frozen backbone."""
-        import copy
-
-        memo: dict[int, Any] = {id(t): t for t in self.model.vit.backbone.state_dict(keep_vars=True).values()}
-        for module in self.model.modules():
-            for value in vars(module).values():
-                if isinstance(value, torch.Generator):
-                    memo[id(value)] = value
-        try:
-            trial = copy.deepcopy(self.model, memo)
-            trial.grow_to(state["model_structure"])
-            missing, unexpected = trial.load_state_dict(state["model_state"], strict=False)
-        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
-            raise ValueError(f"checkpoint: {path} does not fit the model ({type(err).__name__}: {err})") from err
-        missing = [k for k in missing if not k.startswith("vit.")]
-        if missing or unexpected:
-            raise ValueError(f"checkpoint: {path} does not fit the model (missing {missing}, unexpected {unexpected})")
-
-    def trainable_parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
-
-def _fingerprint(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]

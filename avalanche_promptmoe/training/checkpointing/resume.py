@@ -1,7 +1,7 @@
 """Checks of a strategy checkpoint before anything is restored (issue #13 items 2 and 3).
 
 ``PromptStrategyBase.resume_from`` reads the file (digest verified by
-:func:`~avalanche_promptmoe.training.checkpoint.load_checkpoint_file`), then calls
+:func:`~avalanche_promptmoe.training.checkpointing.checkpoint.load_checkpoint_file`), then calls
 :func:`check_checkpoint_payload` and :func:`settings_overrides` — both pure — and only then
 mutates the strategy, so a bad checkpoint never leaves a half-restored strategy behind.
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from ..config import MethodConfig
+from ..validation import class_set
 from .checkpoint import CheckpointError
-from .config import MethodConfig
-from .validation import class_set
 
 __all__ = ["check_checkpoint_payload", "format_overrides", "settings_overrides"]
 

@@ -1,0 +1,176 @@
+"""Checkpoint and resume of :class:`~avalanche_promptmoe.training.base_strategy.PromptStrategyBase` (a mixin).
+
+``save_checkpoint(path)`` writes, between experiences, everything needed to continue exactly (the
+trainable state, every attached plugin's, metric's and logger's state or a refusal —
+:mod:`.plugin_state` —, RNG states, position) in our own format (:mod:`.checkpoint`);
+``resume_from(path)`` checks all of it before any state changes (:mod:`.resume`, and a dry run of the
+model's ``grow_to`` + ``load_state_dict`` on a copy sharing the frozen backbone), then restores. A
+non-finite training loss stops training with a checkpoint of the state before the failing
+experience (:meth:`CheckpointingMixin._nan_stop`). The frozen backbone is not saved: it is rebuilt
+from the constructor and verified by :func:`weights_fingerprint`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..distributed import barrier, is_main_process
+from .checkpoint import capture_rng_state, load_checkpoint_file, restore_rng_state, save_checkpoint_file
+from .plugin_state import checkpoint_plugins
+from .resume import check_checkpoint_payload, format_overrides, settings_overrides
+
+__all__ = ["CheckpointingMixin", "weights_fingerprint"]
+
+# the logger of base_strategy, so that logging settings made for the strategy cover its mixins too
+log = logging.getLogger("avalanche_promptmoe.training.base_strategy")
+
+
+class CheckpointingMixin:
+    """``save_checkpoint`` / ``resume_from`` / the NaN stop of ``PromptStrategyBase`` (its
+    attributes are set in ``PromptStrategyBase.__init__``)."""
+
+    def _nan_stop(self) -> None:
+        path = self.checkpoint_dir / f"nan_stop_experience{self.trained_experiences}.pt"
+        if is_main_process():
+            save_checkpoint_file(path, self._pre_experience_state or self.state_dict_for_checkpoint())
+        raise FloatingPointError(
+            f"non-finite training loss in experience {self.trained_experiences} "
+            f"(epoch {self.clock.train_exp_epochs}); the state before this experience was saved to "
+            f"{path} — fix the cause (learning rate, data; settings that do not shape the model may change) and "
+            f"call resume_from({str(path)!r}) on a strategy built with the fixed settings"
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _our_plugins(self) -> dict[str, Any]:
+        # plugins whose state a checkpoint keeps; unknown stateful ones refused outside train()
+        out = checkpoint_plugins(self.plugins, strict=not self._in_train_call)
+        for m in getattr(self.evaluator, "metrics", []):
+            if hasattr(m, "state_dict") and hasattr(m, "load_state_dict"):
+                out["metric:" + type(m).__name__] = m
+        for lg in getattr(self.evaluator, "loggers", []):  # e.g. MLflowLogger: resume continues its run
+            if hasattr(lg, "state_dict") and hasattr(lg, "load_state_dict"):
+                out["logger:" + type(lg).__name__] = lg
+        return out
+
+    def state_dict_for_checkpoint(self) -> dict:
+        """Everything needed to continue exactly: trainable state, plugin/metric state, RNG, position."""
+        model_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items() if not k.startswith("vit.")}
+        return {
+            "strategy": type(self).__name__,
+            "method": self.method_name,
+            "config": self.cfg.to_dict(),
+            "num_classes": self.num_classes,
+            "seed": self.seed,
+            "backbone": {**self.backbone_spec, "fingerprint": self.backbone_fingerprint},
+            "model_structure": self.model.structure(),
+            "model_state": model_state,
+            "task_classes": [list(c) for c in self.task_classes],
+            "trained_experiences": self.trained_experiences,
+            "method_state": self.method_state_dict(),
+            "plugins": {name: p.state_dict() for name, p in self._our_plugins().items()},
+            "rng": capture_rng_state(),
+            "generator": self.generator.get_state(),
+            "task_labels": self.task_label_map.state_dict(),
+        }
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write an atomic, version-stamped checkpoint (loadable with ``weights_only=True``); under
+        ``torch.distributed`` only rank 0 writes, the others wait for it."""
+        if self._in_train_call:
+            raise RuntimeError("save_checkpoint: call it between experiences, not inside train()")
+        if is_main_process():  # under torch.distributed only rank 0 writes
+            save_checkpoint_file(path, self.state_dict_for_checkpoint())
+        barrier()
+        return Path(path)
+
+    def resume_from(self, path: str | Path) -> int:
+        """Restore a checkpoint; returns the index of the next experience to train.
+
+        Everything is checked before any state changes: the file's digest, every key's presence and
+        type, the strategy class, ``num_classes``, the backbone's fingerprint, the structural settings
+        (the config's ``STRUCTURAL`` fields) and — on a copy of the model that shares the frozen
+        backbone — that the trainable state fits. Non-structural settings (learning rates, epochs,
+        optimizers, schedules...) may differ: they are logged as a warning and kept in
+        :attr:`resume_overrides` as ``{field: (checkpoint value, current value)}``.
+
+        Raises:
+            CheckpointError: the file is corrupt, of an old format, or incomplete.
+            ValueError: the checkpoint belongs to another strategy, ``num_classes``, backbone or
+                structural setting (listed), or its state does not fit the model.
+        """
+        state = load_checkpoint_file(path)
+        check_checkpoint_payload(state, path)
+        if state["strategy"] != type(self).__name__:
+            raise ValueError(
+                f"checkpoint: {path} was written by {state['strategy']!r}, not {type(self).__name__}"
+            )
+        if state["num_classes"] != self.num_classes:
+            raise ValueError(
+                f"checkpoint: {path} was made with num_classes={state['num_classes']}, this strategy has "
+                f"num_classes={self.num_classes}"
+            )
+        overrides = settings_overrides(state["config"], self.cfg, path)
+        if state["backbone"]["fingerprint"] != self.backbone_fingerprint:
+            raise ValueError(f"checkpoint: {path} was trained on another backbone (weights differ)")
+        self._check_model_state_fits(state, path)
+        ours = self._our_plugins()
+
+        # ---- nothing above mutated the strategy; restore
+        self.model.grow_to(state["model_structure"])
+        self.model.load_state_dict(state["model_state"], strict=False)
+        self.model.to(self.device)
+        self.task_classes = [list(map(int, c)) for c in state["task_classes"]]
+        self.class_to_task = {c: t for t, cs in enumerate(self.task_classes) for c in cs}
+        self.trained_experiences = int(state["trained_experiences"])
+        self.load_method_state_dict(state["method_state"])
+        for name, pstate in state["plugins"].items():
+            if name in ours:
+                ours[name].load_state_dict(pstate)
+            else:
+                log.warning("checkpoint: no plugin %s in this strategy; its state is ignored", name)
+        restore_rng_state(state["rng"])
+        self.generator.set_state(state["generator"])
+        self.clock.train_exp_counter = self.trained_experiences
+        if "task_labels" in state:
+            self.task_label_map.load_state_dict(state["task_labels"])
+        else:  # older checkpoints: task label t was task t
+            self.task_label_map.load_state_dict({"label_to_task": {t: t for t in range(len(self.task_classes))}})
+        self.resume_overrides = overrides
+        if overrides:
+            log.warning("resume_from(%s): settings differ from the checkpoint's, using the new ones: %s",
+                        path, format_overrides(overrides))
+        return self.trained_experiences
+
+    def _check_model_state_fits(self, state: dict, path: str | Path) -> None:
+        """Dry run of ``grow_to`` + ``load_state_dict`` on a copy sharing the frozen backbone."""
+        import copy
+
+        memo: dict[int, Any] = {id(t): t for t in self.model.vit.backbone.state_dict(keep_vars=True).values()}
+        for module in self.model.modules():
+            for value in vars(module).values():
+                if isinstance(value, torch.Generator):
+                    memo[id(value)] = value
+        try:
+            trial = copy.deepcopy(self.model, memo)
+            trial.grow_to(state["model_structure"])
+            missing, unexpected = trial.load_state_dict(state["model_state"], strict=False)
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
+            raise ValueError(f"checkpoint: {path} does not fit the model ({type(err).__name__}: {err})") from err
+        missing = [k for k in missing if not k.startswith("vit.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint: {path} does not fit the model (missing {missing}, unexpected {unexpected})")
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """First 16 hex digits of the sha256 of ``module``'s state (names and bytes, sorted by name)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
