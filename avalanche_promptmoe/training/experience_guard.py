@@ -8,7 +8,7 @@
 * At the end of each experience the trainable state and the optimizer state are checked to be
   finite (one reduction); a non-finite one stops like a non-finite loss.
 * A one-class experience warns (the task-masked loss is 0: nothing is learned); evaluation images
-  with non-finite values warn once per ``eval()`` with their count; mini-batch labels and images
+  with non-finite values are counted here (``eval()`` warns: :mod:`.bookkeeping`); mini-batch labels and images
   of a convertible dtype are converted (one warning), others refused (:mod:`.input_checks`).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .experience import experience_classes
-from .input_checks import check_eval_classes, check_train_argument, convert_minibatch
+from .input_checks import check_train_argument, convert_minibatch
 from .state_safety import copy_sharing_backbone, tensors_finite
 
 __all__ = ["ExperienceGuardMixin"]
@@ -48,25 +48,6 @@ class ExperienceGuardMixin:
             self._in_train_call = False
         self.interrupted_experience = None
         return result
-
-    def eval(self, exp_list: Any, **kwargs: Any) -> dict:
-        check_eval_classes(exp_list, self.num_classes)
-        outer = self._eval_nonfinite is None  # periodic evaluations inside train() count in their own call
-        if outer:
-            self._eval_nonfinite = [torch.zeros((), dtype=torch.long), 0]  # [non-finite images (device), images]
-        try:
-            result = super().eval(exp_list, **kwargs)
-            bad, total = int(self._eval_nonfinite[0]), self._eval_nonfinite[1]
-            if outer and bad:
-                warnings.warn(
-                    f"eval: {bad} of {total} evaluation images hold non-finite values (NaN/inf); their predictions "
-                    f"are meaningless but count in the accuracy — check the data files and transforms",
-                    UserWarning, stacklevel=2,
-                )
-            return result
-        finally:
-            if outer:
-                self._eval_nonfinite = None
 
     def _unpack_minibatch(self) -> None:
         super()._unpack_minibatch()
