@@ -69,7 +69,7 @@ def run_method(method: str, seed: int, kit: str | None, tracking_uri: str | None
     import torch
     from runner import train_and_evaluate
 
-    from avalanche_promptmoe.benchmarks import load_reference_backbone, split_tinyimagenet32
+    from avalanche_promptmoe.kit import load_reference_backbone, split_tinyimagenet32
     from avalanche_promptmoe.methods.registry import get_strategy_class
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -242,7 +242,7 @@ def _same_matrix(a: list, b: list) -> bool:
 
 
 def load_baselines(path: Path, kit: str | None) -> dict[str, Any]:
-    from avalanche_promptmoe.benchmarks import kit_checksums
+    from avalanche_promptmoe.kit import kit_checksums
 
     if not path.is_file():
         raise SystemExit(f"baselines: {path} is missing; create it with `python ci/regression.py --update`")
@@ -266,7 +266,7 @@ def load_baselines(path: Path, kit: str | None) -> dict[str, Any]:
 
 def check_kit(kit: str | None) -> None:
     """A missing or corrupt kit fails loudly (checksums against the known kit v1)."""
-    from avalanche_promptmoe.benchmarks import KIT_V1_SHA256, KitError, kit_checksums
+    from avalanche_promptmoe.kit import KIT_V1_SHA256, KitError, kit_checksums
 
     try:
         sums = kit_checksums(kit)
@@ -282,7 +282,7 @@ def check_kit(kit: str | None) -> None:
 
 def update(methods: list[str], seeds: list[int], kit: str | None, tracking_uri: str | None) -> dict[str, Any]:
     """Measure every method over ``seeds`` and derive tolerances from the spread."""
-    from avalanche_promptmoe.benchmarks import kit_checksums
+    from avalanche_promptmoe.kit import kit_checksums
 
     per_seed = {seed: run_all(methods, seed, kit, tracking_uri) for seed in seeds}
     out: dict[str, Any] = {"protocol": protocol(), "kit_sha256": kit_checksums(kit), "seeds": seeds,

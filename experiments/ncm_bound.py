@@ -22,71 +22,20 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-Distance = Literal["cosine", "euclidean"]
+from avalanche_promptmoe.kit.bounds import (  # noqa: E402  (re-exported: the NCM lives with the kit)
+    Distance,
+    class_means,
+    ncm_accuracy_matrix,
+    ncm_predict,
+)
+
+__all__ = ["DISTANCES", "class_means", "ncm_predict", "ncm_accuracy_matrix", "ncm_report", "main"]
 DISTANCES: tuple[Distance, ...] = ("cosine", "euclidean")
-
-
-def class_means(features: Any, labels: Any, classes: Sequence[int]) -> Any:
-    """``(len(classes), D)`` mean training feature of each class, in the order of ``classes``.
-
-    Raises ``ValueError`` naming a class with no training sample."""
-    import torch
-
-    means = []
-    for c in classes:
-        rows = features[labels == c]
-        if len(rows) == 0:
-            raise ValueError(f"class {c}: no training sample to compute its mean from")
-        means.append(rows.double().mean(0))
-    return torch.stack(means)
-
-
-def ncm_predict(features: Any, means: Any, classes: Sequence[int], distance: Distance = "cosine") -> Any:
-    """Class id of the nearest mean for each row of ``features (N, D)``; ``means (C, D)`` in the
-    order of ``classes``. ``cosine``: largest cosine similarity; ``euclidean``: smallest L2 distance
-    (ties towards the earlier class)."""
-    import torch
-
-    x = features.double()
-    if distance == "cosine":
-        score = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(means, dim=1).T
-    elif distance == "euclidean":
-        score = -torch.cdist(x, means)
-    else:
-        raise ValueError(f"distance: expected one of {DISTANCES}, got {distance!r}")
-    return torch.as_tensor(list(classes), dtype=torch.long)[score.argmax(1)]
-
-
-def ncm_accuracy_matrix(train: Sequence[tuple[Any, Any]], test: Sequence[tuple[Any, Any]],
-                        classes: Sequence[Sequence[int]], distance: Distance = "cosine") -> Any:
-    """Class-incremental NCM: ``A[t, i]`` = accuracy on task ``i``'s test set with the means of the
-    classes of tasks ``0..t``; ``(T, T)`` float64, NaN above the diagonal (never evaluated).
-
-    Args:
-        train, test: per task, ``(features (N, D), labels (N,))``.
-        classes: per task, its class ids.
-        distance: ``"cosine"`` or ``"euclidean"``.
-    """
-    import numpy as np
-    import torch
-
-    if not len(train) == len(test) == len(classes):
-        raise ValueError(f"train, test, classes: one entry per task, got {len(train)}, {len(test)}, {len(classes)}")
-    T = len(classes)
-    means = [class_means(x, y, cs) for (x, y), cs in zip(train, classes)]
-    acc = np.full((T, T), np.nan)
-    for t in range(T):
-        seen = [c for cs in classes[: t + 1] for c in cs]
-        m = torch.cat(means[: t + 1])
-        for i in range(t + 1):
-            x, y = test[i]
-            acc[t, i] = float((ncm_predict(x, m, seen, distance) == y).double().mean())
-    return acc
 
 
 def ncm_report(train: Sequence[tuple[Any, Any]], test: Sequence[tuple[Any, Any]],

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runner import BenchmarkSpec, run  # noqa: E402
 
-from avalanche_promptmoe.benchmarks import split_tinyimagenet32  # noqa: E402
+from avalanche_promptmoe.kit import split_tinyimagenet32  # noqa: E402
 
 SPEC = BenchmarkSpec("tinyimagenet32", split_tinyimagenet32, num_classes=100)
 

@@ -207,10 +207,11 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
         bench_kwargs[spec.root_keyword] = args.data_root
     bench_kwargs.update(data_check_kwargs(spec, args.verify_data))
     benchmark = spec.builder(**bench_kwargs)  # before seeding: Avalanche builders may touch RNGs
+    bounds = protocol_bounds(spec, benchmark, bench_kwargs.get(spec.root_keyword))
 
     strategy_kwargs = dict(cfg["strategy"])
     if strategy_kwargs.get("backbone") == "kit-reference":
-        from avalanche_promptmoe.benchmarks import load_reference_backbone
+        from avalanche_promptmoe.kit import load_reference_backbone
 
         strategy_kwargs["backbone"] = load_reference_backbone(args.kit)
     strategy_kwargs.setdefault("checkpoint_dir", str(run_dir))
@@ -221,6 +222,8 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
 
         resolved = {"benchmark": {**cfg["benchmark"], "name": spec.name}, "strategy": cfg["strategy"],
                     "method": {"name": args.method, **resolved_method_settings(strategy_cls, cfg["method"])}}
+        if bounds is not None:
+            resolved["bounds"] = bounds.as_dict()
         mlflow_logger = MLflowLogger(
             experiment_name=args.experiment or spec.name, tracking_uri=args.tracking_uri,
             run_name=f"{args.method}-seed{seed}", params=resolved,
@@ -236,12 +239,30 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
         summary = train_and_evaluate(strategy, benchmark, run_dir, resume=args.resume,
                                      allow_seed_change=args.allow_seed_change)
         summary.update(method=args.method, benchmark=spec.name, seed=seed)
+        if bounds is not None:
+            summary["bounds"] = {**bounds.as_dict(), "source": bounds.source}
         if main_process:
             (run_dir / "summary.json").write_text(strict_json(summary))  # NaN -> null (strict JSON)
         finish(summary)
     log.info("%s on %s (seed %d): FAA %.4f  CAA %.4f  FFM %.4f  FFM(HiDe) %.4f  (%.0f s)", args.method, spec.name,
              seed, summary["faa"], summary["caa"], summary["ffm"], summary["ffm_hide"], summary["wall_time_s"])
+    if bounds is not None:
+        log.info("where it stands: %s  [bounds of this kit and protocol: %s]", bounds.describe(summary["faa"]),
+                 bounds.source)
     return summary
+
+
+def protocol_bounds(spec: BenchmarkSpec, benchmark: Any, root: Any) -> Any:
+    """The kit protocol's stored bounds (seq, NCM, joint probe; ``avalanche_promptmoe.kit.kit_bounds``)
+    for a Split Tiny-ImageNet-32 run, else ``None`` (another benchmark, or a protocol never measured)."""
+    if spec.name != "tinyimagenet32" or not hasattr(benchmark, "protocol"):
+        return None
+    from avalanche_promptmoe.kit import kit_bounds
+
+    found = kit_bounds(benchmark.protocol, root)
+    if found is None:
+        log.info("no stored bounds for this kit and protocol (python -m avalanche_promptmoe.kit build measures them)")
+    return found
 
 
 def data_check_kwargs(spec: BenchmarkSpec, verify: bool) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def run_variant(variant: str, seed: int = 0, kit: str | None = None) -> dict[str
     from regression import BENCHMARK, METHOD_SETTINGS, STRATEGY
     from runner import train_and_evaluate
 
-    from avalanche_promptmoe.benchmarks import load_reference_backbone, split_tinyimagenet32
+    from avalanche_promptmoe.kit import load_reference_backbone, split_tinyimagenet32
 
     if variant not in VARIANTS:
         raise ValueError(f"variant: unknown {variant!r}; choose from {sorted(VARIANTS)}")

@@ -22,11 +22,12 @@ from avalanche_promptmoe.benchmarks import (
     reference_transform,
     split_tinyimagenet32,
 )
-from avalanche_promptmoe.benchmarks import tinyimagenet32 as tin32
+from avalanche_promptmoe.kit import arrays as kit_arrays_module
+from avalanche_promptmoe.kit import locate
 
 KIT = default_kit_dir()
 needs_kit = pytest.mark.skipif(
-    not (KIT / tin32.KIT_TAR_NAME).is_file(),
+    not (KIT / locate.KIT_TAR_NAME).is_file(),
     reason=f"offline kit not found at {KIT} (set AVALANCHE_PROMPTMOE_KIT); see docs/DATA.md",
 )
 
@@ -43,7 +44,7 @@ def kit_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def kit_arrays(kit_cache: Path) -> dict:
     """The real kit, decoded once per session (~15 s), which also fills ``kit_cache``."""
-    if not (KIT / tin32.KIT_TAR_NAME).is_file():
+    if not (KIT / locate.KIT_TAR_NAME).is_file():
         pytest.skip(f"offline kit not found at {KIT} (set AVALANCHE_PROMPTMOE_KIT); see docs/DATA.md")
     return load_kit_arrays(KIT, cache_dir=kit_cache)
 
@@ -62,7 +63,7 @@ def _make_mini_kit(folder: Path, shade: int = 0, train_n: int = 3, val_n: int = 
     wnids = ["n00000003", "n00000001", "n00000002"]  # downstream = first two, deliberately unsorted
     meta = {"normalization": {"mean": [0.5] * 3, "std": [0.5] * 3}, "weights": "reference_vit.pth"}
     meta["split"] = {"upstream_wnids": wnids[2:], "downstream_wnids": wnids[:2]}
-    (folder / tin32.KIT_META_NAME).write_text(json.dumps(meta))
+    (folder / locate.KIT_META_NAME).write_text(json.dumps(meta))
     members: list[tuple[str, bytes]] = [("tin/wnids.txt", "\n".join(wnids).encode())]
     for c, w in enumerate(wnids):
         for k in reversed(range(train_n)):  # tar order != sorted order
@@ -75,7 +76,7 @@ def _make_mini_kit(folder: Path, shade: int = 0, train_n: int = 3, val_n: int = 
             members.append((f"tin/val/images/{name}", _jpeg((200, 40 * c, 10 * k + shade))))
             ann.append(f"{name}\t{w}\t0\t0\t31\t31")
     members.append(("tin/val/val_annotations.txt", "\n".join(ann).encode()))
-    with tarfile.open(folder / tin32.KIT_TAR_NAME, "w:xz") as tf:
+    with tarfile.open(folder / locate.KIT_TAR_NAME, "w:xz") as tf:
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -94,14 +95,14 @@ def test_kit_arrays_shapes_labels_and_order(kit_arrays: dict) -> None:
     assert np.array_equal(np.bincount(a["y_train"]), np.full(100, 500))
     assert np.array_equal(np.bincount(a["y_test"]), np.full(100, 50))
     assert np.all(np.diff(a["y_train"]) >= 0) and np.all(np.diff(a["y_test"]) >= 0)  # classes by label
-    meta = json.loads((KIT / tin32.KIT_META_NAME).read_text())
+    meta = json.loads((KIT / locate.KIT_META_NAME).read_text())
     assert a["wnids"] == meta["split"]["downstream_wnids"]
     assert all(
         f.startswith(a["wnids"][y] + "_") for f, y in zip(a["train_files"][::997], a["y_train"][::997])
     )
     first = a["train_files"][a["y_train"] == 0]
     assert list(first) == sorted(first)  # file-name order within a class
-    assert a["tar_sha256"] == kit_checksums(KIT)[tin32.KIT_TAR_NAME]
+    assert a["tar_sha256"] == kit_checksums(KIT)[locate.KIT_TAR_NAME]
 
 
 @needs_kit
@@ -119,7 +120,7 @@ def test_cache_hit_is_reused(kit_arrays: dict, kit_cache: Path, monkeypatch: pyt
     def no_decode(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(tin32, "_decode_tar", no_decode)
+    monkeypatch.setattr(kit_arrays_module, "decode_kit_tar", no_decode)
     again = load_kit_arrays(KIT, cache_dir=kit_cache)
     assert np.array_equal(again["x_train"], kit_arrays["x_train"])
     assert np.array_equal(again["y_test"], kit_arrays["y_test"])
@@ -136,18 +137,18 @@ def test_cache_of_another_archive_is_not_used(
         z = np.zeros((0,), np.int64)
         return {"x_train": z, "y_train": z, "train_files": z, "x_test": z, "y_test": z, "test_files": z}
 
-    monkeypatch.setattr(tin32, "_decode_tar", fake_decode)
+    monkeypatch.setattr(kit_arrays_module, "decode_kit_tar", fake_decode)
     # same file name as the real cache but recording another archive's sha256: stale, ignored
     real_cache = next(kit_cache.glob("tinyimagenet32-*.npz"))
     stale_dir = tmp_path / "stale"
     stale_dir.mkdir()
     with np.load(real_cache) as z:
-        arrays = {k: z[k][:2] for k in tin32._ARRAY_KEYS}
+        arrays = {k: z[k][:2] for k in kit_arrays_module._ARRAY_KEYS}
     np.savez(stale_dir / real_cache.name, tar_sha256=np.array("0" * 64), **arrays)
     load_kit_arrays(KIT, cache_dir=stale_dir)
     assert len(calls) == 1
     # a different archive sha256 maps to a different cache file
-    monkeypatch.setattr(tin32, "_sha256", lambda path: "f" * 64)
+    monkeypatch.setattr(kit_arrays_module, "sha256_file", lambda path: "f" * 64)
     load_kit_arrays(KIT, cache_dir=kit_cache)
     assert len(calls) == 2
 
@@ -167,12 +168,12 @@ def test_changed_archive_is_decoded_again(tmp_path: Path) -> None:
     assert np.abs(b["x_train"][0].astype(int) - a["x_train"][0]).max() >= 90  # not the stale arrays
     assert len(list(cache.glob("*.npz"))) == 2
     # the tar path itself, and an extracted folder, read the same arrays
-    c = load_kit_arrays(kit / tin32.KIT_TAR_NAME, cache_dir=cache)
-    with tarfile.open(kit / tin32.KIT_TAR_NAME) as tf:
+    c = load_kit_arrays(kit / locate.KIT_TAR_NAME, cache_dir=cache)
+    with tarfile.open(kit / locate.KIT_TAR_NAME) as tf:
         tf.extractall(tmp_path / "extracted", filter="data")
-    shutil.copy(kit / tin32.KIT_META_NAME, tmp_path / "extracted")
+    shutil.copy(kit / locate.KIT_META_NAME, tmp_path / "extracted")
     d = load_kit_arrays(tmp_path / "extracted", cache_dir=cache)
-    for k in tin32._ARRAY_KEYS:
+    for k in kit_arrays_module._ARRAY_KEYS:
         assert np.array_equal(b[k], c[k]) and np.array_equal(b[k], d[k]), k
 
 
@@ -185,7 +186,7 @@ def test_missing_kit_error_names_path_and_files(tmp_path: Path) -> None:
         load_kit_arrays(missing, cache_dir=tmp_path)
     assert isinstance(err.value, FileNotFoundError)
     msg = str(err.value)
-    assert str(missing) in msg and tin32.KIT_TAR_NAME in msg and tin32.KIT_META_NAME in msg
+    assert str(missing) in msg and locate.KIT_TAR_NAME in msg and locate.KIT_META_NAME in msg
     with pytest.raises(KitError, match=str(tmp_path)):
         load_kit_arrays(tmp_path, cache_dir=tmp_path)  # exists, but empty
     with pytest.raises(KitError, match="reference_vit.pth"):
@@ -193,17 +194,25 @@ def test_missing_kit_error_names_path_and_files(tmp_path: Path) -> None:
 
 
 def test_default_kit_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(tin32.KIT_ENV_VAR, str(tmp_path))
+    monkeypatch.setenv(locate.KIT_ENV_VAR, str(tmp_path))
     assert default_kit_dir() == tmp_path
-    monkeypatch.delenv(tin32.KIT_ENV_VAR)
-    root = Path(tin32.__file__).resolve().parents[2]
-    assert default_kit_dir() == root.parent / "shared" / "data"
+    monkeypatch.delenv(locate.KIT_ENV_VAR)
+    root = Path(locate.__file__).resolve().parents[2]
+    checkout = root.parent / "shared" / "data"
+    if (checkout / locate.KIT_META_NAME).is_file():  # a source checkout with the kit beside it
+        assert default_kit_dir() == checkout
+    # no kit beside the checkout (an installed wheel): the user cache folder, where `kit build` writes
+    monkeypatch.setattr(locate, "_checkout_kit_dir", lambda: tmp_path / "nowhere")
+    monkeypatch.setenv(locate.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    assert default_kit_dir() == tmp_path / "cache" / "kit"
+    with pytest.raises(KitError, match="python -m avalanche_promptmoe.kit build"):
+        load_reference_backbone()
 
 
 @pytest.mark.parametrize("kind", ["bogus", "truncated"])
 def test_corrupt_archive_error(tmp_path: Path, kind: str) -> None:
     kit = _make_mini_kit(tmp_path / "kit")
-    tar = kit / tin32.KIT_TAR_NAME
+    tar = kit / locate.KIT_TAR_NAME
     data = tar.read_bytes()
     tar.write_bytes(b"this is not an xz archive" * 100 if kind == "bogus" else data[: len(data) // 2])
     with pytest.raises(KitError, match="corrupt") as err:
@@ -289,7 +298,7 @@ def test_reference_backbone_equals_manual_load(kit_arrays: dict) -> None:
     vit = load_reference_backbone(KIT)
     assert all(p.dtype == torch.float32 and not p.requires_grad for p in vit.parameters())
     assert not vit.training
-    meta = json.loads((KIT / tin32.KIT_META_NAME).read_text())
+    meta = json.loads((KIT / locate.KIT_META_NAME).read_text())
     manual = timm.create_model(meta["timm_name"], pretrained=False, num_classes=0, **meta["timm_kwargs"])
     sd = torch.load(KIT / meta["weights"], map_location="cpu", weights_only=True)
     manual.load_state_dict({k: v.float() for k, v in sd.items() if not k.startswith("head.")})

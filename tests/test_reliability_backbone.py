@@ -118,7 +118,7 @@ def test_jax_npz_goes_through_timms_converter_and_is_checked(tmp_path):
 
 
 def test_the_kits_reference_vit_still_loads():
-    from avalanche_promptmoe.benchmarks.tinyimagenet32 import default_kit_dir, load_reference_backbone
+    from avalanche_promptmoe.kit import default_kit_dir, load_reference_backbone
 
     m = load_reference_backbone(default_kit_dir())
     state = torch.load(default_kit_dir() / "reference_vit.pth", weights_only=True)

@@ -1,6 +1,6 @@
 """Errors and argument checks shared by the dataset benchmark builders (CIFAR-100, CUB-200, ImageNet-R).
 
-The offline kit keeps its own :class:`~avalanche_promptmoe.benchmarks.tinyimagenet32.KitError`; both
+The offline kit keeps its own :class:`~avalanche_promptmoe.kit.KitError`; both
 are ``FileNotFoundError`` subclasses, neither derives from the other.
 """
 
