@@ -6,7 +6,14 @@ works where Avalanche and MLflow are not installed (DECISIONS.md §A1).
 
 from __future__ import annotations
 
+import warnings
+
 from ._lazy import lazy_exports
+
+# Avalanche imports GEM, which imports qpsolvers; without a QP solver installed (we do not use GEM,
+# and ``quadprog`` is not a dependency) qpsolvers warns "no QP solver found" at import. Only that
+# warning, from that module, is silenced; every other warning (qpsolvers' included) stays on.
+warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning, module=r"qpsolvers(\.|$)")
 
 __version__ = "0.1.0"
 

@@ -11,11 +11,12 @@ Each summary names its own benchmark, method and seed, so the folders' names do 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from avalanche_promptmoe.jsonio import read_json
 
 ORDER = ("joint", "hash", "smope", "hlgp", "hide", "linear", "seq")
 REQUIRED = ("method", "benchmark", "seed", "faa", "caa", "ffm", "wall_time_s", "trainable_params")
@@ -46,7 +47,7 @@ def load_rows(roots: Iterable[str | Path], benchmark: str | None) -> list[dict[s
     """
     rows = []
     for path in find_summaries(roots):
-        s = json.loads(path.read_text())
+        s = read_json(path, null_as_nan=True)  # strict JSON (null) or older files with a bare NaN
         missing = [k for k in REQUIRED if k not in s]
         if missing:
             raise ValueError(f"{path}: not a run summary (missing {missing})")

@@ -23,23 +23,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import json
 import logging
 import os
 import re
 import sys
 import time
 import tomllib
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Avalanche imports qpsolvers (for its GEM plugin), which warns on import when no QP solver is installed;
-# no method here solves a QP (quadprog is not a dependency), so the scripts do not show that warning.
-warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
+
+# importing the package also silences qpsolvers' "no QP solver found" import warning (narrowly)
+from avalanche_promptmoe.jsonio import strict_json  # noqa: E402
+from avalanche_promptmoe.paths import make_directory, user_path  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = PROJECT_ROOT / "experiments" / "configs"
@@ -160,6 +159,8 @@ def build_parser(spec: BenchmarkSpec, description: str) -> argparse.ArgumentPars
     p.add_argument("--seed", type=int, default=None, help="seed of the run (class order and training)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--allow-seed-change", action="store_true",
+                   help="with --resume: continue a checkpoint made with another seed (recorded as an override)")
     p.add_argument("--run-dir", help="checkpoints and outputs (default ./runs/<benchmark>/<method>/seed<k>, "
                    "under the current directory)")
     p.add_argument("--verify-data", action="store_true",
@@ -185,9 +186,15 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
         cfg["benchmark"]["seed"] = args.seed
     seed = int(cfg["benchmark"].get("seed", 0))
     if args.checkpoint_path:
-        cfg["strategy"]["checkpoint_path"] = args.checkpoint_path
-    run_dir = Path(args.run_dir or Path.cwd() / "runs" / spec.name / args.method / f"seed{seed}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg["strategy"].get("backbone") == "kit-reference":
+            raise SystemExit(
+                "--checkpoint-path: this config's backbone is 'kit-reference', the kit's own reference ViT (its "
+                "weights come from --kit); drop --checkpoint-path, or give a timm backbone name with it "
+                "(--set strategy.backbone=vit_base_patch16_224.augreg_in21k --checkpoint-path FILE)"
+            )
+        cfg["strategy"]["checkpoint_path"] = str(user_path(args.checkpoint_path))
+    run_dir = user_path(args.run_dir) if args.run_dir else Path.cwd() / "runs" / spec.name / args.method / f"seed{seed}"
+    make_directory(run_dir, "--run-dir")
 
     main_process = init_distributed(args, seed)
 
@@ -229,12 +236,13 @@ def run(spec: BenchmarkSpec, argv: Sequence[str] | None = None, description: str
              "method": cfg["method"]},
             loggers=loggers, plugins=[RunClock()],
         )
-        summary = train_and_evaluate(strategy, benchmark, run_dir, resume=args.resume)
+        summary = train_and_evaluate(strategy, benchmark, run_dir, resume=args.resume,
+                                     allow_seed_change=args.allow_seed_change)
         summary.update(method=args.method, benchmark=spec.name, seed=seed)
         if bounds is not None:
             summary["bounds"] = {**bounds.as_dict(), "source": bounds.source}
         if main_process:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            (run_dir / "summary.json").write_text(strict_json(summary))  # NaN -> null (strict JSON)
         finish(summary)
     log.info("%s on %s (seed %d): FAA %.4f  CAA %.4f  FFM %.4f  FFM(HiDe) %.4f  (%.0f s)", args.method, spec.name,
              seed, summary["faa"], summary["caa"], summary["ffm"], summary["ffm_hide"], summary["wall_time_s"])
@@ -302,16 +310,22 @@ def init_distributed(args: argparse.Namespace, seed: int) -> bool:
     return DistributedHelper.is_main_process
 
 
-def train_and_evaluate(strategy: Any, benchmark: Any, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train on each experience, evaluate on the tasks seen so far, checkpoint after each one."""
+def train_and_evaluate(strategy: Any, benchmark: Any, run_dir: Path, *, resume: bool = False,
+                       allow_seed_change: bool = False) -> dict[str, Any]:
+    """Train on each experience, evaluate on the tasks seen so far, checkpoint after each one.
+
+    With ``resume``, the run folder's ``last.pt`` must have the strategy's seed (else ``ValueError``
+    naming both, unless ``allow_seed_change``) and the benchmark's class order for the experiences it
+    trained (else ``ValueError`` naming both orders)."""
     from tqdm.auto import tqdm
 
     from avalanche_promptmoe.logging.strategy_info import final_metrics, task_averaged_metric
 
     last = run_dir / "last.pt"
-    start = strategy.resume_from(last) if resume and last.is_file() else 0
+    start = strategy.resume_from(last, allow_seed_change=allow_seed_change) if resume and last.is_file() else 0
     if resume and not last.is_file():
         log.warning("--resume: no checkpoint at %s; starting from the first experience", last)
+    check_class_order(strategy, benchmark, last, allow_seed_change=allow_seed_change)
     t0 = time.perf_counter()
     stream = benchmark.train_stream
     for i in tqdm(range(start, len(stream)), desc=f"{strategy.method_name} experiences", initial=start, total=len(stream)):
@@ -331,7 +345,24 @@ def train_and_evaluate(strategy: Any, benchmark: Any, run_dir: Path, *, resume: 
     diagnostics = getattr(strategy, "diagnostics", None)  # method-specific figures (Hash: its modulator)
     if callable(diagnostics):
         summary.update(diagnostics())
+    if "seed" in getattr(strategy, "resume_overrides", {}):  # the figures come from both seeds: say so
+        summary["seed_override"] = dict(zip(("checkpoint", "now"), strategy.resume_overrides["seed"], strict=True))
     return summary
+
+
+def check_class_order(strategy: Any, benchmark: Any, path: Path, *, allow_seed_change: bool = False) -> None:
+    """The classes the strategy trained are the benchmark's first experiences' (same seed, same order)."""
+    from avalanche_promptmoe.training.experience import experience_classes
+
+    trained = [sorted(c) for c in strategy.task_classes]
+    stream = benchmark.train_stream
+    expected = [experience_classes(stream[i]) for i in range(min(len(trained), len(stream)))]
+    if trained == expected or allow_seed_change:
+        return
+    raise ValueError(
+        f"--resume: {path} trained the classes {trained}, but this benchmark's first experiences hold {expected} "
+        f"(another seed or class order); resume with the checkpoint's --seed and config, or start a new --run-dir"
+    )
 
 
 def _plugin_base() -> type:

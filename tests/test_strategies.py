@@ -160,7 +160,7 @@ def test_save_load_identical_outputs(tmp_path):
     run(s, bm, stop=2)
     s.save_checkpoint(tmp_path / "c.pt")
     t = make(HashPromptStrategy, seed=7)
-    t.resume_from(tmp_path / "c.pt")
+    t.resume_from(tmp_path / "c.pt", allow_seed_change=True)  # another seed only by explicit opt-in (#22)
     x = torch.stack([bm.test_stream[0].dataset[i][0] for i in range(8)])
     s.model.eval(), t.model.eval()
     with torch.no_grad():
@@ -227,13 +227,18 @@ def test_nan_loss_stops_with_a_checkpoint(tmp_path):
     bm = make_benchmark()
     s = make(SequentialPromptStrategy, checkpoint_dir=tmp_path)
     s.train(bm.train_stream[0], eval_streams=[])
-    with torch.no_grad():
-        s.model.head.weight.fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match="nan_stop_experience1.pt") as err:
+    s.save_checkpoint(tmp_path / "good.pt")
+    with torch.no_grad():  # the state before experience 1 is not finite: it is never written (issue #22),
+        s.model.head.weight.fill_(float("nan"))  # the stop names the last finite checkpoint instead
+    with pytest.raises(FloatingPointError, match=r"not finite either \(nothing written\).*good\.pt") as err:
         s.train(bm.train_stream[1], eval_streams=[])
-    assert "resume_from" in str(err.value)
+    assert "resume_from" in str(err.value) and not (tmp_path / "nan_stop_experience1.pt").exists()
     t = make(SequentialPromptStrategy)
-    assert t.resume_from(tmp_path / "nan_stop_experience1.pt") == 1  # the state before experience 1
+    assert t.resume_from(tmp_path / "good.pt") == 1  # the state before experience 1
+    u = make(SequentialPromptStrategy, checkpoint_dir=tmp_path / "u", lr=1e30)
+    with pytest.raises(FloatingPointError, match="nan_stop_experience0.pt"):  # a finite state before it
+        u.train(bm.train_stream[0], eval_streams=[])
+    assert make(SequentialPromptStrategy).resume_from(tmp_path / "u" / "nan_stop_experience0.pt") == 0
 
 
 def test_constructor_errors():

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .weights import BackboneError, read_weight_file, verify_loaded_weights, verify_npz_weights
@@ -35,6 +37,35 @@ def freeze(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+def _check_built_model(model: nn.Module) -> nn.Module:
+    """A built ViT is usable as a frozen feature extractor: no classification head, not already
+    wrapped by another PrefixViT, float32 (a floating model of another dtype is cast, with a warning)."""
+    from .prefix_attention import PrefixAttention
+
+    if any(isinstance(m, PrefixAttention) for m in model.modules()):
+        raise BackboneError(
+            "backbone: this ViT object is already used by another strategy or PrefixViT (its attention layers "
+            "are wrapped); pass a copy (copy.deepcopy(vit)) or build a new model for each strategy"
+        )
+    if getattr(model, "num_classes", 0) and not isinstance(getattr(model, "head", None), nn.Identity):
+        raise BackboneError(
+            f"backbone: the ViT still has its classification head ({model.num_classes} classes); the methods "
+            f"bring their own heads on the pooled features — build it with num_classes=0 or call "
+            f"vit.reset_classifier(0) first"
+        )
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes and dtypes != {torch.float32}:
+        if not all(d.is_floating_point for d in dtypes):
+            raise BackboneError(f"backbone: parameters of dtype {sorted(map(str, dtypes))}; expected float32")
+        warnings.warn(
+            f"backbone: parameters of dtype {', '.join(sorted(str(d) for d in dtypes))} cast to torch.float32 "
+            f"in place (the strategies run the frozen backbone in float32; bf16 autocast on CUDA)",
+            UserWarning, stacklevel=3,
+        )
+        model.float()
+    return model
 
 
 def _hub_offline() -> bool:
@@ -129,7 +160,7 @@ def create_backbone(
             raise BackboneError(
                 f"backbone: expected a timm VisionTransformer, got {type(name_or_model).__name__}"
             )
-        return freeze(name_or_model)
+        return freeze(_check_built_model(name_or_model))
     if not isinstance(name_or_model, str):
         raise BackboneError(
             f"backbone: expected a timm model name or a VisionTransformer, got {type(name_or_model).__name__}"

@@ -57,7 +57,10 @@ class PrefixAttention(nn.Module):
         from timm.layers import Attention
 
         if isinstance(attn, PrefixAttention):
-            raise TypeError(f"layer {layer}: attention is already wrapped by PrefixAttention")
+            raise TypeError(
+                f"layer {layer}: this ViT is already wrapped by another PrefixViT (one model per PrefixViT or "
+                f"strategy); pass a copy: copy.deepcopy(vit)"
+            )
         if type(attn) is not Attention:
             raise ValueError(
                 f"layers: block {layer} uses {type(attn).__name__}; PrefixAttention supports timm's "

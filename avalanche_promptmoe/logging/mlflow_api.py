@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from mlflow.entities import Metric
 
+from avalanche_promptmoe.jsonio import strict_json
 from avalanche_promptmoe.logging.mlflow_store import slug
 from avalanche_promptmoe.logging.run_info import flatten_config, sanitize_key, to_dict
 
@@ -128,7 +129,7 @@ class MLflowApiMixin:
             markdown = str(report)
         self._reports[name] = (markdown, payload)
         self._stage(f"{slug(name)}.md", lambda p: p.write_text(markdown))
-        self._stage(f"{slug(name)}.json", lambda p: p.write_text(json.dumps(payload, indent=2, default=str)))
+        self._stage(f"{slug(name)}.json", lambda p: p.write_text(strict_json(payload)))
         self._sync()
 
     def log_artifact_file(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -259,4 +260,4 @@ class MLflowApiMixin:
             "reports": {name: data for name, (_, data) in self._reports.items()},
         }
         self._stage("report.md", lambda p: p.write_text("\n".join(lines) + "\n"))
-        self._stage("report.json", lambda p: p.write_text(json.dumps(payload, indent=2, default=str)))
+        self._stage("report.json", lambda p: p.write_text(strict_json(payload)))

@@ -38,12 +38,15 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor, nn
 
 from ..engine import create_backbone, mask_logits
+from ..paths import user_path
 from .bookkeeping import TaskBookkeepingMixin
 from .checkpointing.strategy_checkpoint import CheckpointingMixin, weights_fingerprint
 from .compatibility import check_supported_plugins
 from .config import MethodConfig, config_fields, replace_config
 from .distributed import all_reduce_grads_, world_size
 from .experience import experience_classes
+from .experience_guard import ExperienceGuardMixin
+from .input_checks import resolve_device
 from .keywords import keyword_docstring, method_section_keywords, resolve_train_epochs, strategy_keyword_docs
 from .loaders import DistributedLoadersMixin
 from .losses import training_class_mask
@@ -57,6 +60,7 @@ from .optim import (
 )
 from .prediction import PredictionMixin
 from .schedules import build_lr_scheduler
+from .state_safety import check_loggers
 from .task_labels import TaskLabelMap
 from .validation import check_strategy_arguments
 
@@ -70,8 +74,8 @@ def _unwrapped(fn: Any) -> Any:
     return fn
 
 
-class PromptStrategyBase(PredictionMixin, CheckpointingMixin, TaskBookkeepingMixin, DistributedLoadersMixin,
-                         SupervisedTemplate):
+class PromptStrategyBase(PredictionMixin, ExperienceGuardMixin, CheckpointingMixin, TaskBookkeepingMixin,
+                         DistributedLoadersMixin, SupervisedTemplate):
     """Base strategy for frozen-ViT prompt methods (keyword-only).
 
     Args:
@@ -173,6 +177,8 @@ class PromptStrategyBase(PredictionMixin, CheckpointingMixin, TaskBookkeepingMix
         )
         if evaluator is not None and loggers is not None:
             raise ValueError("evaluator, loggers: pass one of them, not both (loggers go into the evaluator)")
+        check_loggers(list(loggers) if loggers is not None else list(getattr(evaluator, "loggers", None) or []))
+        device = resolve_device(device)
         self._optimizer_factory = split_optimizer_keyword(kwargs)
         method_keys = set(config_fields(self.config_cls))
         overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in method_keys}
@@ -195,7 +201,7 @@ class PromptStrategyBase(PredictionMixin, CheckpointingMixin, TaskBookkeepingMix
         self.num_classes = num_classes
         self.seed = int(seed)
         self.use_task_labels = use_task_labels
-        self.checkpoint_dir = Path(checkpoint_dir)
+        self.checkpoint_dir = user_path(checkpoint_dir)
         self.progress = progress
         self.backbone_spec = {
             "backbone": backbone if isinstance(backbone, str) else type(backbone).__name__,
@@ -203,7 +209,6 @@ class PromptStrategyBase(PredictionMixin, CheckpointingMixin, TaskBookkeepingMix
             "checkpoint_path": str(checkpoint_path) if checkpoint_path else None,
             "backbone_kwargs": dict(backbone_kwargs or {}),
         }
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
         RNGManager.set_random_seeds(self.seed)
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -242,6 +247,12 @@ class PromptStrategyBase(PredictionMixin, CheckpointingMixin, TaskBookkeepingMix
         self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self._scheduler_per_iteration = False
         self._pre_experience_state: dict | None = None
+        self._pre_experience_model: nn.Module | None = None  # undoes what prepare_task grew on interruption
+        self._experience_open = False
+        self.interrupted_experience: int | None = None  # set when train() was interrupted (issue #22)
+        self._last_checkpoint: Path | None = None  # the last finite checkpoint written or resumed
+        self._converted_inputs: set[str] = set()  # input dtypes converted (one warning each)
+        self._eval_nonfinite: list | None = None  # non-finite evaluation images, counted during eval()
         self._nonfinite = torch.zeros((), dtype=torch.bool)
         self.resume_overrides: dict[str, tuple[Any, Any]] = {}  # set by resume_from
         self.task_label_map = TaskLabelMap()  # stream task label -> task index (use_task_labels)
@@ -319,17 +330,10 @@ class PromptStrategyBase(PredictionMixin, CheckpointingMixin, TaskBookkeepingMix
         return None
 
     # ------------------------------------------------------------------ Avalanche overrides
-    def train(self, experiences: Any, eval_streams: Any = None, **kwargs: Any) -> dict:
-        self._in_train_call = True
-        try:
-            return super().train(experiences, eval_streams=eval_streams, **kwargs)
-        finally:
-            self._in_train_call = False
-
     def _before_training_exp(self, **kwargs: Any) -> None:
         self.model.train()  # train(list): the previous experience's end left it in eval mode
         self._check_experience(self.experience)
-        self._pre_experience_state = self.state_dict_for_checkpoint()
+        self._open_experience()  # the pre-experience state an interruption or a NaN stop goes back to
         classes = experience_classes(self.experience)
         task = len(self.task_classes)
         self.task_classes.append(classes)
@@ -342,8 +346,10 @@ class PromptStrategyBase(PredictionMixin, CheckpointingMixin, TaskBookkeepingMix
         self.model.eval()
         self.model.zero_grad(set_to_none=True)  # no gradient outlives its experience (AGEM, GEM read p.grad)
         self.finish_task(self.task_id)
+        self._check_state_finite()  # one reduction: a diverged state is never taken as done
         self.trained_experiences += 1
         super()._after_training_exp(**kwargs)
+        self._close_experience()
 
     def _after_training_epoch(self, **kwargs: Any) -> None:
         if self.device.type != "cpu" and bool(self._nonfinite):

@@ -9,6 +9,7 @@ about itself (expert usage, trainable parameters).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .experience import experience_classes
+from .input_checks import check_eval_classes
 
 __all__ = ["TaskBookkeepingMixin"]
 
@@ -34,12 +36,30 @@ class TaskBookkeepingMixin:
         return sorted(self.class_to_task)
 
     def eval(self, exp_list: Any, **kwargs: Any) -> dict:
+        """Avalanche's ``eval`` after checks: not before any training, class ids in range; warns once
+        per call with the count of evaluation images holding non-finite values (issue #22)."""
         if not self.trained_experiences and not self._in_train_call and not self.task_classes:
             raise RuntimeError(
                 f"{type(self).__name__}.eval() called before any training: call train(experience) or "
                 f"resume_from(checkpoint) first"
             )
-        return super().eval(exp_list, **kwargs)
+        check_eval_classes(exp_list, self.num_classes)
+        outer = self._eval_nonfinite is None  # periodic evaluations inside train() count in their own call
+        if outer:
+            self._eval_nonfinite = [torch.zeros((), dtype=torch.long), 0]  # [non-finite images (device), images]
+        try:
+            result = super().eval(exp_list, **kwargs)
+            bad, total = int(self._eval_nonfinite[0]), self._eval_nonfinite[1]
+            if outer and bad:
+                warnings.warn(
+                    f"eval: {bad} of {total} evaluation images hold non-finite values (NaN/inf); their predictions "
+                    f"are meaningless but count in the accuracy — check the data files and transforms",
+                    UserWarning, stacklevel=2,
+                )
+            return result
+        finally:
+            if outer:
+                self._eval_nonfinite = None
 
     def _predict_with_task_labels(self, x: Tensor, batch_labels: Tensor | None) -> Tensor:
         """``inference_logits`` with the oracle task ids of samples from trained experiences; the

@@ -19,10 +19,12 @@ Version 1 (no digest: the payload keys next to ``format``/``version``/``library_
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
 import random
+import shutil
 import tempfile
 import warnings
 from collections import OrderedDict
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 import avalanche_promptmoe as _package
+from avalanche_promptmoe.paths import make_directory, user_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -154,8 +157,8 @@ def save_checkpoint_file(path: str | os.PathLike[str], payload: dict[str, Any]) 
         "payload": body,
     }
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = user_path(path)
+    make_directory(path.parent, "save_checkpoint")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -164,12 +167,27 @@ def save_checkpoint_file(path: str | os.PathLike[str], payload: dict[str, Any]) 
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary file
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(err, (OSError, RuntimeError)) and _out_of_space(err, path.parent, len(body)):
+            raise OSError(
+                errno.ENOSPC, f"save_checkpoint: {path}: no space left on the device ({len(body) / 1e6:.1f} MB to "
+                f"write); free some space or choose another path (the previous file, if any, is unchanged)"
+            ) from err
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def _out_of_space(err: BaseException, directory: Path, size: int) -> bool:
+    """Whether a failed write ran out of disk space (torch's zip writer reports it as "unexpected pos")."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(directory).free < size + (1 << 20)
+    except OSError:
+        return False
 
 
 def _digest(body: bytes) -> str:
@@ -239,7 +257,7 @@ def load_checkpoint_file(
             :data:`CHECKPOINT_VERSION`; or version 1 (no digest; it names
             :func:`migrate_checkpoint_file`).
     """
-    path = Path(path)
+    path = user_path(path)
     header = _read_header(path, map_location)
     version = header["version"]
     if version < CHECKPOINT_VERSION:
@@ -289,7 +307,7 @@ def migrate_checkpoint_file(
     Raises:
         CheckpointError: ``path`` is not a checkpoint of a known version.
     """
-    path = Path(path)
+    path = user_path(path)
     header = _read_header(path, "cpu")
     if header["version"] == CHECKPOINT_VERSION:
         payload = load_checkpoint_file(path)
