@@ -51,15 +51,13 @@ from .keywords import keyword_docstring, method_section_keywords, resolve_train_
 from .loaders import DistributedLoadersMixin
 from .losses import training_class_mask
 from .optim import (
-    build_optimizer,
-    build_user_scheduler,
     check_plugins_for_optimizer,
     check_scheduler_keywords,
     describe_overrides,
     split_optimizer_keyword,
 )
+from .optimizer_setup import OptimizerSetupMixin
 from .prediction import PredictionMixin
-from .schedules import build_lr_scheduler
 from .state_safety import check_loggers
 from .task_labels import TaskLabelMap
 from .validation import check_strategy_arguments
@@ -75,7 +73,7 @@ def _unwrapped(fn: Any) -> Any:
 
 
 class PromptStrategyBase(PredictionMixin, ExperienceGuardMixin, CheckpointingMixin, TaskBookkeepingMixin,
-                         DistributedLoadersMixin, SupervisedTemplate):
+                         OptimizerSetupMixin, DistributedLoadersMixin, SupervisedTemplate):
     """Base strategy for frozen-ViT prompt methods (keyword-only).
 
     Args:
@@ -367,46 +365,9 @@ class PromptStrategyBase(PredictionMixin, ExperienceGuardMixin, CheckpointingMix
         model = self.model if model is None else model
         return model.to(self.device)
 
-    def training_config(self) -> Any:
-        """The config the main phase's optimizer and lr schedule are built from (default ``cfg``)."""
-        return self.cfg
-
     def eval_mask_classes(self) -> list[int] | None:
         """Classes the predictions are masked to (default: all seen so far); ``None``: unmasked."""
         return self.seen_classes
-
-    def make_optimizer(self, **kwargs: Any) -> None:
-        """A fresh optimizer per experience over the trainable parameter groups only."""
-        cfg = self.training_config()
-        groups = [g for g in self.model.param_groups(cfg) if any(p.requires_grad for p in g["params"])]
-        for g in groups:
-            g["params"] = [p for p in g["params"] if p.requires_grad]
-        if not groups:
-            raise RuntimeError(f"{type(self).__name__}: the model has no trainable parameters")
-        self.model.zero_grad(set_to_none=True)  # none left from an earlier phase or experience
-        opt = build_optimizer(groups, cfg, self._optimizer_factory)
-        self.optimizer = opt
-        if self._lr_scheduler_factory is not None:  # the user's scheduler replaces lr_schedule
-            self._scheduler = build_user_scheduler(self._lr_scheduler_factory, opt)
-            self._scheduler_per_iteration = self._lr_scheduler_interval == "iteration"
-            return
-        options = dict(
-            epochs=self.schedule_epochs(),
-            iters_per_epoch=len(self.dataloader) if cfg.lr_schedule == "cosine_iter" else None,
-            lr_min=cfg.lr_min, freeze_iters=cfg.lr_freeze_iters,
-            step_epochs=cfg.lr_step_epochs, step_gamma=cfg.lr_step_gamma,
-        )
-        options.update(self.schedule_options())
-        self._scheduler, self._scheduler_per_iteration = build_lr_scheduler(opt, cfg.lr_schedule, **options)
-
-    def schedule_epochs(self) -> int:
-        """Epochs the learning-rate schedule built by :meth:`make_optimizer` spans."""
-        return self.train_epochs
-
-    def schedule_options(self) -> dict[str, Any]:
-        """Keywords of ``build_lr_scheduler`` a method overrides (SMoPE's official recipe: the
-        cosine's iterations per epoch and its one-iteration lag); none by default."""
-        return {}
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
