@@ -103,3 +103,18 @@ def test_agem_projects_on_hash_as_on_the_other_strategies():
         counts[name] = (agem.projected, agem.steps)
     assert counts["hash"][1] == counts["seq"][1] == 8
     assert counts["hash"][0] > 0 and counts["seq"][0] > 0, counts
+
+
+def test_agem_projects_on_hide_as_on_the_other_strategies():
+    """HiDe: the TII head's stale gradient made AGEM's dot product a constant; with clean gradients
+    AGEM projects some steps (at these settings the tiny run gives it conflicting gradients)."""
+    bm = make_benchmark()
+    counts = {}
+    for name in ("hide", "seq"):
+        agem = CountingAGEM()
+        s = make_tiny_strategy(name, plugins=[agem], train_epochs=4, lr=0.05)
+        for exp in bm.train_stream:
+            s.train(exp, eval_streams=[])
+        counts[name] = (agem.projected, agem.steps)
+    assert counts["hide"][1] == counts["seq"][1] == 16
+    assert counts["hide"][0] > 0 and counts["seq"][0] > 0, counts
