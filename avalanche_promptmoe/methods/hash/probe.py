@@ -43,7 +43,8 @@ def _spreads(model: Any) -> Tensor:
 
 
 def _frequent_hits(model: Any, frequent_of: Any) -> tuple[Tensor, Tensor]:
-    """Selections in the frequent set and all selections per layer ``(layers,)`` of the last forward;
+    """Selections in the frequent set (on the model's device) and all selections (on the host: known
+    from the shapes, so no per-step copy to the device) per layer ``(layers,)`` of the last forward;
     ``frequent_of(pos)`` gives the mask ``(E,)`` or ``(B, E)``."""
     hits, total = [], []
     for pos, layer in enumerate(model.layers):
@@ -51,8 +52,8 @@ def _frequent_hits(model: Any, frequent_of: Any) -> tuple[Tensor, Tensor]:
         freq = frequent_of(pos)
         sel = freq[idx] if freq.dim() == 1 else freq.gather(-1, idx)
         hits.append(sel.sum())
-        total.append(torch.tensor(idx.numel(), device=idx.device))
-    return torch.stack(hits).float(), torch.stack(total).float()
+        total.append(idx.numel())
+    return torch.stack(hits).float(), torch.tensor(total, dtype=torch.float32)
 
 
 def _row_drift(before: Tensor, after: Tensor, mask: Tensor) -> list[float]:
@@ -185,7 +186,7 @@ def _accumulate(acc: list, hits: Tensor, total: Tensor) -> list:
 def _share(acc: list, default: list[float]) -> list[float]:
     if acc[1] is None:
         return default
-    return (acc[0] / acc[1].clamp(min=1)).tolist()
+    return (acc[0].cpu() / acc[1].clamp(min=1)).tolist()
 
 
 def _tolist(t: Tensor | None, default: list[float]) -> list[float]:
