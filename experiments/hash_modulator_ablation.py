@@ -16,6 +16,7 @@ drift of the frequent / other experts over tasks 2… (per expert, L2, averaged 
 
     python experiments/hash_modulator_ablation.py --readings raw standardised --variants pool full \\
         --seeds 0 --protocol ci --json /tmp/hash.jsonl
+    python experiments/hash_modulator_ablation.py --table /tmp/hash.jsonl    # mean ± std over seeds
 """
 
 from __future__ import annotations
@@ -74,9 +75,10 @@ def modulator_summary(records: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def run_one(reading: str, variant: str, seed: int = 0, protocol: str = "ci", kit: str | None = None,
-            experiences: int | None = None) -> dict[str, Any]:
+            experiences: int | None = None, threads: int | None = None) -> dict[str, Any]:
     """One Hash run; the runner's summary figures plus :func:`modulator_summary`. ``experiences``
-    stops after the first N experiences (a screen of the mechanism: FAA etc. are then over N tasks)."""
+    stops after the first N experiences (a screen of the mechanism: FAA etc. are then over N tasks);
+    ``threads`` sets torch's intra-op threads (default: up to 2, the CI machine's cores)."""
     from types import SimpleNamespace
 
     import torch
@@ -85,7 +87,7 @@ def run_one(reading: str, variant: str, seed: int = 0, protocol: str = "ci", kit
     from avalanche_promptmoe.benchmarks import load_reference_backbone, split_tinyimagenet32
     from avalanche_promptmoe.methods.hash.strategy import HashPromptStrategy
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(threads or max(1, min(2, os.cpu_count() or 1)))
     bench, strat, settings = _protocol(protocol, kit)
     bench["seed"] = seed
     benchmark = split_tinyimagenet32(kit, **bench)
@@ -99,7 +101,7 @@ def run_one(reading: str, variant: str, seed: int = 0, protocol: str = "ci", kit
     with tempfile.TemporaryDirectory() as tmp:
         summary = train_and_evaluate(strategy, benchmark, Path(tmp))
     return {"reading": reading, "variant": variant, "seed": seed, "protocol": protocol, "experiences": experiences,
-            "time_s": time.perf_counter() - t0, **{k: summary[k] for k in ("faa", "caa", "ffm", "ffm_hide", "accuracy_matrix")},
+            "time_s": time.perf_counter() - t0, "threads": torch.get_num_threads(), **{k: summary[k] for k in ("faa", "caa", "ffm", "ffm_hide", "accuracy_matrix")},
             **modulator_summary(summary["hash_modulator"]), "hash_modulator": summary["hash_modulator"]}
 
 
@@ -112,6 +114,50 @@ def _result_line(r: dict[str, Any]) -> str:
             f"({r['time_s']:.0f} s)")
 
 
+TABLE_METRICS = ("faa", "caa", "ffm", "ffm_hide")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def ablation_table(results: list[dict[str, Any]]) -> str:
+    """Markdown table of runs grouped by (protocol, tasks, reading, variant), in the order first seen:
+    FAA, CAA, FFM, FFM-HiDe as mean ± sample std over the seeds (%), the frequent share of training /
+    test selections (%) and the frequent / other drift as means over the seeds, the seeds, the mean
+    time per run. A (group, seed) measured twice keeps the last line (a re-run replaces a run)."""
+    groups: dict[tuple, dict[int, dict[str, Any]]] = {}
+    for r in results:
+        key = (r["protocol"], len(r["hash_modulator"]), r["reading"], r["variant"])
+        groups.setdefault(key, {})[r["seed"]] = r
+    lines = ["| protocol | tasks | reading | variant | seeds | FAA | CAA | FFM | FFM-HiDe "
+             "| share train / test % | drift frequent / other | time/run |",
+             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (protocol, tasks, reading, variant), by_seed in groups.items():
+        runs = [by_seed[s] for s in sorted(by_seed)]
+        cells = []
+        for metric in TABLE_METRICS:
+            mean, std = _mean_std([100 * r[metric] for r in runs])
+            cells.append(f"{mean:.2f} ± {std:.2f}" if len(runs) > 1 else f"{mean:.2f}")
+        share = [_mean_std([100 * r[k] for r in runs])[0] for k in ("train_frequent_share", "test_frequent_share")]
+        drift = [_mean_std([r[k] for r in runs])[0] for k in ("frequent_drift", "other_drift")]
+        seeds = ",".join(str(s) for s in sorted(by_seed))
+        lines.append(f"| {protocol} | {tasks} | {reading} | {variant} | {seeds} | " + " | ".join(cells)
+                     + f" | {share[0]:.1f} / {share[1]:.1f} | {drift[0]:.2f} / {drift[1]:.2f} "
+                     f"| {_mean_std([r['time_s'] for r in runs])[0]:.0f} s |")
+    return "\n".join(lines)
+
+
+def read_results(paths: list[str]) -> list[dict[str, Any]]:
+    """The JSON lines written by ``--json`` (``NaN`` allowed, as Python's json writes it)."""
+    out = []
+    for path in paths:
+        out += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--readings", nargs="+", default=["raw"], choices=sorted(READINGS))
@@ -122,12 +168,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--experiences", type=int, default=None,
                    help="stop after the first N experiences (mechanism screen; FAA etc. over N tasks)")
     p.add_argument("--json", default=None, help="append each result as one JSON line here")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: up to 2); 1 lets two ablations share 2 cores")
+    p.add_argument("--table", nargs="+", default=None, metavar="JSONL",
+                   help="print the markdown table (mean ± std over seeds) of these --json files and exit")
     args = p.parse_args(argv)
+    if args.table:
+        results = read_results(args.table)
+        print(ablation_table(results))
+        return results
     results = []
     for seed in args.seeds:
         for reading in args.readings:
             for variant in args.variants:
-                r = run_one(reading, variant, seed, args.protocol, args.kit, args.experiences)
+                r = run_one(reading, variant, seed, args.protocol, args.kit, args.experiences, args.threads)
                 results.append(r)
                 print(_result_line(r), flush=True)
                 if args.json:

@@ -18,7 +18,7 @@ from typing import Any
 
 from avalanche_promptmoe.jsonio import read_json
 
-ORDER = ("joint", "hash", "smope", "hlgp", "hide", "linear", "seq")
+ORDER = ("joint", "hash", "smope", "hlgp", "hide", "l2p", "dualprompt", "codaprompt", "linear", "seq")
 REQUIRED = ("method", "benchmark", "seed", "faa", "caa", "ffm", "wall_time_s", "trainable_params")
 
 

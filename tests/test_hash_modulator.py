@@ -134,3 +134,30 @@ def test_penalised_top_k_margin_rule(routing_model, seed, delta, n_freq, scale):
                 assert e not in chosen
             elif not any(pen[o] > pen[e] for o in torch.nonzero(f).flatten().tolist() if o != e):
                 assert e in chosen
+
+
+def test_ablation_table_averages_over_seeds_and_a_rerun_replaces_a_run(tmp_path):
+    """What a user reads from ``hash_modulator_ablation.py --table``: mean ± sample std over seeds
+    per (protocol, reading, variant); a re-measured seed replaces the earlier line."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    try:
+        from hash_modulator_ablation import ablation_table, read_results
+    finally:
+        sys.path.pop(0)
+
+    def run(seed, faa, share=0.1, time_s=10.0):
+        return {"protocol": "ci", "reading": "standardised", "variant": "full", "seed": seed, "faa": faa,
+                "caa": 0.3, "ffm": 0.05, "ffm_hide": 0.06, "train_frequent_share": share,
+                "test_frequent_share": share / 2, "frequent_drift": 0.5, "other_drift": 5.0, "time_s": time_s,
+                "hash_modulator": [{}, {}]}
+
+    path = tmp_path / "runs.jsonl"
+    lines = [run(0, 0.99), run(0, 0.16), run(1, 0.18), run(2, 0.20, share=0.4)]  # seed 0 re-run
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    table = ablation_table(read_results([str(path)]))
+    row = table.splitlines()[2]
+    assert row.startswith("| ci | 2 | standardised | full | 0,1,2 | 18.00 ± 2.00 | 30.00 ± 0.00 |")
+    assert "| 20.0 / 10.0 |" in row and "| 0.50 / 5.00 |" in row and len(table.splitlines()) == 3
