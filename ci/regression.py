@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 PROTOCOL_VERSION = 2
-METHODS = ("hash", "smope", "hlgp", "hide", "linear", "seq", "joint")
+METHODS = ("hash", "smope", "hlgp", "hide", "linear", "seq", "joint", "l2p", "dualprompt", "codaprompt")
+#: The methods the ordering joint >= each > seq covers (DECISIONS.md §D). The CODA-Prompt code base's
+#: baselines (l2p, dualprompt, codaprompt) are checked against their own baselines, not ordered.
 PROMPT_METHODS = ("hash", "smope", "hlgp", "hide")
 DETERMINISM_METHOD = "hash"
 BASELINES = ROOT / "ci" / "baselines.json"
@@ -52,6 +54,10 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "linear": dict(epochs=2),
     "seq": dict(epochs=2),
     "joint": dict(epochs=3, restart=True),  # each step from the initial prompt and head (v2)
+    # issue #19: the official CODA-Prompt defaults (docs/methods.md "Recipes"), 2 epochs like the others
+    "l2p": dict(epochs=2),
+    "dualprompt": dict(epochs=2),
+    "codaprompt": dict(epochs=2),
 }
 METRICS = ("faa", "caa", "ffm")
 MUTATIONS = ("none", "penalty-sign", "topk-minus-one", "no-prototype-loss")
@@ -128,8 +134,9 @@ def apply_mutation(name: str) -> None:
 
 def mechanisms(strategy: Any) -> dict[str, Any]:
     """Deterministic traces of what ran, independent of the seed: total expert selections committed
-    (K per sample and prompted layer/head for Hash, per eval pass for SMoPE), the training steps that
-    received the prototype loss, and the phases run per task. A silently disabled plugin, phase or a
+    (K per sample and prompted layer/head for Hash, per eval pass for SMoPE; top-k per sample for L2P,
+    one E-prompt per sample and block for DualPrompt), the training steps that received the prototype
+    loss, the phases run per task, and CODA-P's components per layer (all, trainable). A silently disabled plugin, phase or a
     wrong K changes them even when accuracy stays within its noise band."""
     from avalanche_promptmoe.training.plugins import (
         PhaseSchedulerPlugin,
@@ -145,6 +152,9 @@ def mechanisms(strategy: Any) -> dict[str, Any]:
             out["prototype_loss_steps"] = int(p.applied_steps)
         elif isinstance(p, PhaseSchedulerPlugin):
             out["phases"] = ["+".join(c) for c in p.completed]
+    comp_keys = getattr(strategy.model, "comp_keys", None)  # CODA-P: components per layer, all / trainable
+    if comp_keys is not None:
+        out["components"] = [sum(c.shape[1] for c in comp_keys), sum(c.shape[1] for c in comp_keys if c.requires_grad)]
     return out
 
 
