@@ -152,6 +152,9 @@ def ablation_table(results: list[dict[str, Any]]) -> str:
 
 def read_results(paths: list[str]) -> list[dict[str, Any]]:
     """The JSON lines written by ``--json`` (``NaN`` allowed, as Python's json writes it)."""
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--table: no such file {', '.join(missing)} (write one with --json)")
     out = []
     for path in paths:
         out += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -174,7 +177,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    help="print the markdown table (mean ± std over seeds) of these --json files and exit")
     args = p.parse_args(argv)
     if args.table:
-        results = read_results(args.table)
+        try:
+            results = read_results(args.table)
+        except FileNotFoundError as err:
+            p.error(str(err))
         print(ablation_table(results))
         return results
     results = []
