@@ -136,8 +136,8 @@ def mechanisms(strategy: Any) -> dict[str, Any]:
     """Deterministic traces of what ran, independent of the seed: total expert selections committed
     (K per sample and prompted layer/head for Hash, per eval pass for SMoPE; top-k per sample for L2P,
     one E-prompt per sample and block for DualPrompt), the training steps that received the prototype
-    loss, the phases run per task, and CODA-P's components per layer (all, trainable). A silently disabled plugin, phase or a
-    wrong K changes them even when accuracy stays within its noise band."""
+    loss, the phases run per task, and CODA-P's components per layer (all, trainable). A silently
+    disabled plugin, phase or a wrong K changes them even when accuracy stays within its noise band."""
     from avalanche_promptmoe.training.plugins import (
         PhaseSchedulerPlugin,
         PrototypeLossPlugin,

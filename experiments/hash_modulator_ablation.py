@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -117,12 +118,6 @@ def _result_line(r: dict[str, Any]) -> str:
 TABLE_METRICS = ("faa", "caa", "ffm", "ffm_hide")
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, std
-
-
 def ablation_table(results: list[dict[str, Any]]) -> str:
     """Markdown table of runs grouped by (protocol, tasks, reading, variant), in the order first seen:
     FAA, CAA, FFM, FFM-HiDe as mean ± sample std over the seeds (%), the frequent share of training /
@@ -139,14 +134,15 @@ def ablation_table(results: list[dict[str, Any]]) -> str:
         runs = [by_seed[s] for s in sorted(by_seed)]
         cells = []
         for metric in TABLE_METRICS:
-            mean, std = _mean_std([100 * r[metric] for r in runs])
-            cells.append(f"{mean:.2f} ± {std:.2f}" if len(runs) > 1 else f"{mean:.2f}")
-        share = [_mean_std([100 * r[k] for r in runs])[0] for k in ("train_frequent_share", "test_frequent_share")]
-        drift = [_mean_std([r[k] for r in runs])[0] for k in ("frequent_drift", "other_drift")]
+            values = [100 * r[metric] for r in runs]
+            mean = statistics.fmean(values)
+            cells.append(f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(runs) > 1 else f"{mean:.2f}")
+        share = [statistics.fmean(100 * r[k] for r in runs) for k in ("train_frequent_share", "test_frequent_share")]
+        drift = [statistics.fmean(r[k] for r in runs) for k in ("frequent_drift", "other_drift")]
         seeds = ",".join(str(s) for s in sorted(by_seed))
         lines.append(f"| {protocol} | {tasks} | {reading} | {variant} | {seeds} | " + " | ".join(cells)
                      + f" | {share[0]:.1f} / {share[1]:.1f} | {drift[0]:.2f} / {drift[1]:.2f} "
-                     f"| {_mean_std([r['time_s'] for r in runs])[0]:.0f} s |")
+                     f"| {statistics.fmean(r['time_s'] for r in runs):.0f} s |")
     return "\n".join(lines)
 
 
