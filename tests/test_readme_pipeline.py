@@ -85,6 +85,9 @@ def test_readme_use_a_trained_model(tmp_path, monkeypatch):
     assert torch.equal(classes, ns["strategy"].predict(images))  # the rebuilt strategy predicts as the trained
     assert torch.equal(logits, ns["strategy"].predict_logits(images))
     assert set(classes.tolist()) <= set(range(6)) and (logits > -1e4).all()  # both experiences trained
+    first = len(ns["benchmark"].test_stream[0].dataset)
+    assert ns["per_image"].shape == (first,)  # the whole first experience, in order
+    assert torch.equal(ns["per_image"][: len(images)], classes[:first])
 
 
 ZOO_SECTION = "## L2P, DualPrompt and CODA-Prompt (and Avalanche's own L2P)"
