@@ -17,6 +17,7 @@ drift of the frequent / other experts over tasks 2… (per expert, L2, averaged 
     python experiments/hash_modulator_ablation.py --readings raw standardised --variants pool full \\
         --seeds 0 --protocol ci --json /tmp/hash.jsonl
     python experiments/hash_modulator_ablation.py --table /tmp/hash.jsonl    # mean ± std over seeds
+    python experiments/hash_modulator_ablation.py --table /tmp/hash.jsonl --plot hash.png  # and a chart
 """
 
 from __future__ import annotations
@@ -123,10 +124,7 @@ def ablation_table(results: list[dict[str, Any]]) -> str:
     FAA, CAA, FFM, FFM-HiDe as mean ± sample std over the seeds (%), the frequent share of training /
     test selections (%) and the frequent / other drift as means over the seeds, the seeds, the mean
     time per run. A (group, seed) measured twice keeps the last line (a re-run replaces a run)."""
-    groups: dict[tuple, dict[int, dict[str, Any]]] = {}
-    for r in results:
-        key = (r["protocol"], len(r["hash_modulator"]), r["reading"], r["variant"])
-        groups.setdefault(key, {})[r["seed"]] = r
+    groups = _grouped(results)
     lines = ["| protocol | tasks | reading | variant | seeds | FAA | CAA | FFM | FFM-HiDe "
              "| share train / test % | drift frequent / other | time/run |",
              "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -144,6 +142,63 @@ def ablation_table(results: list[dict[str, Any]]) -> str:
                      + f" | {share[0]:.1f} / {share[1]:.1f} | {drift[0]:.2f} / {drift[1]:.2f} "
                      f"| {statistics.fmean(r['time_s'] for r in runs):.0f} s |")
     return "\n".join(lines)
+
+
+def _grouped(results: list[dict[str, Any]]) -> dict[tuple, dict[int, dict[str, Any]]]:
+    """``{(protocol, tasks, reading, variant): {seed: run}}`` in the order first seen; a (group, seed)
+    measured twice keeps the last run."""
+    groups: dict[tuple, dict[int, dict[str, Any]]] = {}
+    for r in results:
+        key = (r["protocol"], len(r["hash_modulator"]), r["reading"], r["variant"])
+        groups.setdefault(key, {})[r["seed"]] = r
+    return groups
+
+
+PLOT_METRICS = (("faa", "FAA (%)"), ("ffm", "FFM (%)"), ("train_frequent_share", "frequent share of\ntraining selections (%)"))
+
+
+def ablation_plot(results: list[dict[str, Any]], path: str | Path):
+    """Bar chart of the ablation, saved to ``path`` (PNG): one column per (protocol, tasks), rows FAA,
+    FFM and the frequent experts' share of the training selections; per reading a group of bars
+    pool / + HDR / + HGM / full, height the mean over seeds, whisker ± the sample std (≥ 2 seeds).
+    Returns the matplotlib figure (its bars in the order drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _grouped(results)
+    columns = list(dict.fromkeys((protocol, tasks) for protocol, tasks, _, _ in groups))
+    colours = dict(zip(VARIANTS, ("#9e9e9e", "#4c72b0", "#dd8452", "#55a868")))
+    fig, axes = plt.subplots(len(PLOT_METRICS), len(columns), figsize=(4.8 * len(columns), 8.4), squeeze=False)
+    width = 0.8 / len(VARIANTS)
+    for c, (protocol, tasks) in enumerate(columns):
+        readings = list(dict.fromkeys(g[2] for g in groups if g[:2] == (protocol, tasks)))
+        for row, (metric, label) in enumerate(PLOT_METRICS):
+            ax = axes[row][c]
+            for v, variant in enumerate(VARIANTS):
+                xs, means, stds = [], [], []
+                for i, reading in enumerate(readings):
+                    by_seed = groups.get((protocol, tasks, reading, variant))
+                    if not by_seed:
+                        continue
+                    values = [100 * r[metric] for r in by_seed.values()]
+                    xs.append(i + (v - (len(VARIANTS) - 1) / 2) * width)
+                    means.append(statistics.fmean(values))
+                    stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+                ax.bar(xs, means, width, yerr=stds, capsize=2, color=colours[variant],
+                       label=variant if row == 0 and c == 0 else None)
+            ax.set_xticks(range(len(readings)), readings, rotation=20, fontsize=8)
+            ax.set_ylabel(label)
+            if metric != "train_frequent_share":
+                low = min((b.get_height() for b in ax.patches), default=0.0)
+                ax.set_ylim(bottom=max(0.0, math.floor(low - 3)))
+            if row == 0:
+                ax.set_title(f"{protocol} protocol, {tasks} tasks")
+    fig.legend(loc="upper center", ncol=len(VARIANTS), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    return fig
 
 
 def read_results(paths: list[str]) -> list[dict[str, Any]]:
@@ -171,13 +226,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    help="torch intra-op threads (default: up to 2); 1 lets two ablations share 2 cores")
     p.add_argument("--table", nargs="+", default=None, metavar="JSONL",
                    help="print the markdown table (mean ± std over seeds) of these --json files and exit")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="with --table: also draw the bar chart (mean ± std over seeds) to this PNG")
     args = p.parse_args(argv)
+    if args.plot and not args.table:
+        p.error("--plot draws what --table reads: pass --table JSONL... too")
     if args.table:
         try:
             results = read_results(args.table)
         except FileNotFoundError as err:
             p.error(str(err))
         print(ablation_table(results))
+        if args.plot:
+            ablation_plot(results, args.plot)
+            print(f"plot: {args.plot}")
         return results
     results = []
     for seed in args.seeds:

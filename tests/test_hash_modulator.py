@@ -161,3 +161,45 @@ def test_ablation_table_averages_over_seeds_and_a_rerun_replaces_a_run(tmp_path)
     row = table.splitlines()[2]
     assert row.startswith("| ci | 2 | standardised | full | 0,1,2 | 18.00 ± 2.00 | 30.00 ± 0.00 |")
     assert "| 20.0 / 10.0 |" in row and "| 0.50 / 5.00 |" in row and len(table.splitlines()) == 3
+
+
+def test_ablation_plot_draws_the_mean_of_each_variant_per_reading(tmp_path):
+    """``--table … --plot PNG``: one bar per (reading, variant), height the mean over seeds (FAA, FFM,
+    frequent share), in the order pool, + HDR, + HGM, full; a PNG is written."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    try:
+        from hash_modulator_ablation import ablation_plot, main
+    finally:
+        sys.path.pop(0)
+
+    def run(reading, variant, seed, faa):
+        return {"protocol": "kit", "reading": reading, "variant": variant, "seed": seed, "faa": faa,
+                "caa": 0.3, "ffm": faa / 2, "ffm_hide": 0.06, "train_frequent_share": 0.1,
+                "test_frequent_share": 0.05, "frequent_drift": 0.5, "other_drift": 5.0, "time_s": 1.0,
+                "hash_modulator": [{}] * 10}
+
+    results = [run(reading, variant, seed, 0.1 + 0.01 * i + 0.002 * seed)
+               for i, (reading, variant) in enumerate((r, v) for r in ("raw", "standardised")
+                                                     for v in ("pool", "hdr", "hgm", "full"))
+               for seed in (0, 1, 2)]
+    fig = ablation_plot(results, tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0
+    faa_axis, ffm_axis = fig.axes[0], fig.axes[1]
+    faa_bars = sorted(faa_axis.patches, key=lambda b: b.get_x())  # left to right: raw's four, then standardised's
+    expected = [100 * (0.1 + 0.01 * i + 0.002) for i in range(8)]  # the mean over seeds 0, 1, 2
+    assert [round(b.get_height(), 6) for b in faa_bars] == [round(e, 6) for e in expected]
+    assert [round(b.get_height(), 6) for b in sorted(ffm_axis.patches, key=lambda b: b.get_x())] == [
+        round(e / 2, 6) for e in expected]
+    assert [t.get_text() for t in faa_axis.get_xticklabels()] == ["raw", "standardised"]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    path = tmp_path / "runs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in results) + "\n")
+    with pytest.raises(SystemExit):
+        main(["--plot", str(tmp_path / "b.png")])  # --plot needs --table
+    main(["--table", str(path), "--plot", str(tmp_path / "b.png")])
+    assert (tmp_path / "b.png").is_file()
