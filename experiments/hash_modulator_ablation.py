@@ -145,13 +145,20 @@ def ablation_table(results: list[dict[str, Any]]) -> str:
 
 
 def _grouped(results: list[dict[str, Any]]) -> dict[tuple, dict[int, dict[str, Any]]]:
-    """``{(protocol, tasks, reading, variant): {seed: run}}`` in the order first seen; a (group, seed)
-    measured twice keeps the last run."""
+    """``{(protocol, tasks, reading, variant): {seed: run}}``: protocols and readings in the order
+    first seen, the variants of a reading in the order pool, hdr, hgm, full; a (group, seed) measured
+    twice keeps the last run."""
     groups: dict[tuple, dict[int, dict[str, Any]]] = {}
     for r in results:
         key = (r["protocol"], len(r["hash_modulator"]), r["reading"], r["variant"])
         groups.setdefault(key, {})[r["seed"]] = r
-    return groups
+    first = {}
+    for key in groups:
+        first.setdefault(key[:2], len(first))
+        first.setdefault(key[:3], len(first))
+    order = list(VARIANTS)
+    ranked = sorted(groups, key=lambda k: (first[k[:2]], first[k[:3]], order.index(k[3]) if k[3] in order else len(order)))
+    return {k: groups[k] for k in ranked}
 
 
 PLOT_METRICS = (("faa", "FAA (%)"), ("ffm", "FFM (%)"), ("train_frequent_share", "frequent share of\ntraining selections (%)"))
