@@ -161,6 +161,9 @@ def test_ablation_table_averages_over_seeds_and_a_rerun_replaces_a_run(tmp_path)
     row = table.splitlines()[2]
     assert row.startswith("| ci | 2 | standardised | full | 0,1,2 | 18.00 ± 2.00 | 30.00 ± 0.00 |")
     assert "| 20.0 / 10.0 |" in row and "| 0.50 / 5.00 |" in row and len(table.splitlines()) == 3
+    pool = dict(run(0, 0.10), variant="pool")  # measured after full: still listed first
+    rows = ablation_table(lines + [pool]).splitlines()[2:]
+    assert [r.split(" | ")[3] for r in rows] == ["pool", "full"]
 
 
 def test_ablation_plot_draws_the_mean_of_each_variant_per_reading(tmp_path):
