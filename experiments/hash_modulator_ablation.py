@@ -120,10 +120,11 @@ TABLE_METRICS = ("faa", "caa", "ffm", "ffm_hide")
 
 
 def ablation_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table of runs grouped by (protocol, tasks, reading, variant), in the order first seen:
-    FAA, CAA, FFM, FFM-HiDe as mean ± sample std over the seeds (%), the frequent share of training /
-    test selections (%) and the frequent / other drift as means over the seeds, the seeds, the mean
-    time per run. A (group, seed) measured twice keeps the last line (a re-run replaces a run)."""
+    """Markdown table of runs grouped by (protocol, tasks, reading, variant) in :func:`_grouped`'s
+    order (protocols and readings as first seen, variants pool, hdr, hgm, full): FAA, CAA, FFM,
+    FFM-HiDe as mean ± sample std over the seeds (%), the frequent share of training / test
+    selections (%) and the frequent / other drift as means over the seeds, the seeds, the mean time
+    per run. A (group, seed) measured twice keeps the last line (a re-run replaces a run)."""
     groups = _grouped(results)
     lines = ["| protocol | tasks | reading | variant | seeds | FAA | CAA | FFM | FFM-HiDe "
              "| share train / test % | drift frequent / other | time/run |",

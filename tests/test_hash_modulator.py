@@ -136,17 +136,24 @@ def test_penalised_top_k_margin_rule(routing_model, seed, delta, n_freq, scale):
                 assert e in chosen
 
 
-def test_ablation_table_averages_over_seeds_and_a_rerun_replaces_a_run(tmp_path):
-    """What a user reads from ``hash_modulator_ablation.py --table``: mean ± sample std over seeds
-    per (protocol, reading, variant); a re-measured seed replaces the earlier line."""
+def _ablation_script():
+    """``experiments/hash_modulator_ablation.py`` as a module (the scripts are not a package)."""
+    import importlib
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     try:
-        from hash_modulator_ablation import ablation_table, read_results
+        return importlib.import_module("hash_modulator_ablation")
     finally:
         sys.path.pop(0)
+
+
+def test_ablation_table_averages_over_seeds_and_a_rerun_replaces_a_run(tmp_path):
+    """What a user reads from ``hash_modulator_ablation.py --table``: mean ± sample std over seeds
+    per (protocol, reading, variant); a re-measured seed replaces the earlier line."""
+    script = _ablation_script()
+    ablation_table, read_results = script.ablation_table, script.read_results
 
     def run(seed, faa, share=0.1, time_s=10.0):
         return {"protocol": "ci", "reading": "standardised", "variant": "full", "seed": seed, "faa": faa,
@@ -169,14 +176,8 @@ def test_ablation_table_averages_over_seeds_and_a_rerun_replaces_a_run(tmp_path)
 def test_ablation_plot_draws_the_mean_of_each_variant_per_reading(tmp_path):
     """``--table … --plot PNG``: one bar per (reading, variant), height the mean over seeds (FAA, FFM,
     frequent share), in the order pool, + HDR, + HGM, full; a PNG is written."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    try:
-        from hash_modulator_ablation import ablation_plot, main
-    finally:
-        sys.path.pop(0)
+    script = _ablation_script()
+    ablation_plot, main = script.ablation_plot, script.main
 
     def run(reading, variant, seed, faa):
         return {"protocol": "kit", "reading": reading, "variant": variant, "seed": seed, "faa": faa,

@@ -101,9 +101,8 @@ def test_from_checkpoint_predicts_as_the_trained_strategy(name, tmp_path):
 def test_predict_takes_a_dataset_or_an_experience_as_eval_reads_it(task_labels):
     """``predict(experience)`` / ``predict(dataset)`` score the eval view, in order, as ``eval`` does."""
     s, spy, bm = _trained("hash", use_task_labels=task_labels)
-    _, y, _, scored = spy.cat()
-    per_exp = [len(e.dataset) for e in bm.test_stream]
-    first = scored[: per_exp[0]]
+    scored = spy.cat()[3]
+    first = scored[: len(bm.test_stream[0].dataset)]
     torch.testing.assert_close(s.predict_logits(bm.test_stream[0]), first, rtol=0, atol=0)
     assert torch.equal(s.predict(bm.test_stream[0].dataset, batch_size=3), first.argmax(-1))
     whole = torch.cat([s.predict_logits(e) for e in bm.test_stream])
@@ -118,14 +117,12 @@ def test_predict_dataset_refuses_what_it_cannot_score():
         s.predict({"x": torch.zeros(3, 32, 32)})
     images = [torch.rand(3, 32, 32) for _ in range(5)]  # a list of images is a dataset
     assert torch.equal(s.predict(images), s.predict(torch.stack(images)))
-    untransformed = [(torch.zeros(32, 32).tolist(), 0)]
-
-    class Raw(torch.utils.data.Dataset):
+    class Raw(torch.utils.data.Dataset):  # images as nested lists: no ToTensor transform
         def __len__(self):
             return 2
 
         def __getitem__(self, i):
-            return untransformed[0]
+            return torch.zeros(32, 32).tolist(), 0
 
     with pytest.raises(ValueError, match="first field must batch to image tensors"):
         s.predict(Raw())
